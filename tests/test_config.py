@@ -1,0 +1,70 @@
+import pytest
+
+from usad.config import DEFAULT_CONFIG, ConfigError, load_config, parse_override
+
+
+def test_defaults_are_the_paper_values():
+    cfg = load_config()
+    assert cfg.seed == 22
+    assert (cfg.maclu.image_size, cfg.ma2patch.image_size, cfg.patchcore.image_size, cfg.data.eval_size) == (350, 406, 238, 406)
+    assert (cfg.maclu.tau, cfg.maclu.sigma, cfg.maclu.n_clusters) == (1.14, 4.0, 2)
+    assert (cfg.patchcore.coreset_ratio, cfg.patchcore.projection_eps, cfg.patchcore.k_nearest, cfg.patchcore.train_ratio) == (0.01, 0.9, 3, 0.5)
+    assert (cfg.fusion.lambda_obj, cfg.fusion.lambda_m) == (0.01, 1.0)
+    assert cfg.maclu.backbone == "vit_small_patch14_dinov2.lvd142m"
+    assert cfg.patchcore.backbone == "wide_resnet50_2"
+
+
+def test_overrides_parse_yaml_and_dotted_keys():
+    cfg = load_config(DEFAULT_CONFIG, ["maclu.tau=1.2", "maclu.model_kwargs={depth: 2, embed_dim: 16}",
+                                       "data.root=/tmp/x", "maclu.weights=/w.pth", "fusion.lambda_m=2"])
+    assert cfg.maclu.tau == 1.2
+    assert cfg.maclu.model_kwargs == {"depth": 2, "embed_dim": 16}
+    assert cfg.data.root == "/tmp/x"
+    assert cfg.maclu.weights == "/w.pth"
+    assert cfg.fusion.lambda_m == 2.0 and isinstance(cfg.fusion.lambda_m, float)
+
+
+def test_quoted_mapping_override_is_parsed():
+    # the shell passes --set maclu.model_kwargs="{depth: 2}" as maclu.model_kwargs={depth: 2}
+    assert parse_override("maclu.model_kwargs={depth: 2}") == {"maclu": {"model_kwargs": {"depth": 2}}}
+
+
+def test_config_file_merges_onto_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("maclu:\n  tau: 1.05\ndata:\n  batch_size: 4\n")
+    cfg = load_config(f, ["data.batch_size=2"])
+    assert cfg.maclu.tau == 1.05 and cfg.maclu.sigma == 4.0
+    assert cfg.data.batch_size == 2
+
+
+@pytest.mark.parametrize("override, key", [
+    ("maclu.tua=1.2", "maclu.tua"),
+    ("nope=1", "nope"),
+    ("patchcore.coreset.ratio=1", "patchcore.coreset"),
+])
+def test_unknown_key_is_an_error_naming_it(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("fusion:\n  lambda_objj: 0.1\n")
+    with pytest.raises(ConfigError, match=r"fusion\.lambda_objj"):
+        load_config(f)
+
+
+@pytest.mark.parametrize("override", ["maclu.tau=high", "data.batch_size=2.5", "data.download=yes please",
+                                      "maclu.model_kwargs=3", "maclu.weights=3", "patchcore.bank_dtype=int8",
+                                      "maclu=3", "seed=true"])
+def test_wrong_types_are_rejected_with_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["maclu.tau"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

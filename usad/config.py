@@ -1,0 +1,154 @@
+"""Configuration: one YAML of paper defaults plus overrides, nanoGPT-style.
+
+``configs/coalad.yaml`` is both the paper's defaults and the schema: every
+other config file and every ``--set key=value`` override is merged on top of
+it, and a key it does not know, or a value of the wrong type, is an error
+that names the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import UsadError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "coalad.yaml"
+
+# Keys whose value is a free-form mapping (passed through to a library).
+FREE_FORM = {"maclu.model_kwargs", "ma2patch.model_kwargs"}
+# Keys that default to null but take a value of this type.
+NULLABLE = {"maclu.weights": str, "ma2patch.weights": str, "patchcore.weights": str}
+# Keys restricted to a set of values.
+CHOICES = {"patchcore.bank_dtype": ("float32", "float16")}
+
+
+class ConfigError(UsadError, ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+class Config(dict):
+    """A nested dict with attribute access: ``cfg.maclu.tau``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+
+def _wrap(d: dict) -> Config:
+    return Config({k: _wrap(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+
+def _read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _check_value(key: str, value: Any, default: Any) -> Any:
+    """Validate ``value`` against the type of ``default``; returns the value (ints widened to float)."""
+    if key in FREE_FORM:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return value
+    if key in NULLABLE:
+        if value is not None and not isinstance(value, NULLABLE[key]):
+            raise ConfigError(f"config key {key!r} must be a path string or null, got {value!r}")
+        return value
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"config key {key!r} must be one of {CHOICES[key]}, got {value!r}")
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(
+            f"config key {key!r} must be of type {type(default).__name__} (default {default!r}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _merge(base: dict, override: dict, prefix: str = "") -> None:
+    for key, value in override.items():
+        full = f"{prefix}{key}"
+        if key not in base:
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key {full!r} (known keys here: {known})")
+        if isinstance(base[key], dict) and full not in FREE_FORM:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {full!r} is a section; give a mapping or set {full}.<key>")
+            _merge(base[key], value, prefix=f"{full}.")
+        else:
+            base[key] = _check_value(full, value, base[key])
+
+
+def parse_override(text: str) -> dict:
+    """``"maclu.tau=1.2"`` -> ``{"maclu": {"tau": 1.2}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like KEY=VALUE, e.g. maclu.tau=1.2")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Paper defaults, then the file at ``path`` (if any), then ``KEY=VALUE`` overrides."""
+    cfg = _read_yaml(DEFAULT_CONFIG)
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG.resolve():
+        _merge(cfg, _read_yaml(Path(path)))
+    for text in overrides:
+        _merge(cfg, parse_override(text))
+    return _wrap(cfg)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (merged onto configs/coalad.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one key, e.g. --set maclu.tau=1.2 (repeatable; value parsed as YAML)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)

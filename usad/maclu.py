@@ -1,0 +1,126 @@
+"""MACLU: the object-level branch (Sec. 4.2), DINOv2 ViT-S/14 at 350 (25 x 25 patches).
+
+Training (normal images only):
+- a Gaussian of the CLS tokens (mu, Sigma, Sigma^-1), for the image score (Eq. 4);
+- 2-cluster KMeans on every training patch token: belt vs coal. The
+  foreground cluster is the one holding fewer training patches.
+Inference:
+- s_obj = Mahalanobis distance of the CLS token (Eq. 4);
+- foreground-bias ratio r = d_bg / (d_fg + 1e-8) per patch (Eq. 6);
+- mean replacement: r > tau takes the mean r of this image's background patches (Eq. 7);
+- map: grid -> bilinear to the input size -> min-max -> Gaussian blur (Eq. 8).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from tqdm import tqdm
+
+from .artifacts import load_artifact, save_artifact
+from .backbones import ViTFeatures
+from .mahalanobis import GaussianAccumulator, mahalanobis
+from .ops import gaussian_blur, grid_side, minmax_normalize, resize_bilinear, resize_images
+
+log = logging.getLogger(__name__)
+
+R_EPS = 1e-8  # Eq. 6 denominator guard of the authors' code
+
+
+def foreground_bias_ratio(patches: torch.Tensor, centers: torch.Tensor, fg: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6: r = d_bg / (d_fg + 1e-8) and the nearest-centre label, for (B, N, D) patch tokens."""
+    dist = torch.linalg.vector_norm(patches[:, :, None, :] - centers[None, None], dim=-1)  # (B, N, 2)
+    r = dist[..., 1 - fg] / (dist[..., fg] + R_EPS)
+    return r, dist.argmin(-1)
+
+
+def mean_replacement(r: torch.Tensor, labels: torch.Tensor, fg: int, tau: float) -> torch.Tensor:
+    """Eq. 7: in each image, every r > tau becomes the mean r of the patches labelled background."""
+    background = labels != fg
+    n_bg = background.sum(1, keepdim=True)
+    mean_bg = (r * background).sum(1, keepdim=True) / n_bg.clamp_min(1)
+    replace = (r > tau) & (n_bg > 0)
+    return torch.where(replace, mean_bg.expand_as(r), r)
+
+
+def ratio_map(r: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Eq. 8: (B, N) ratios -> (B, size, size): bilinear upsampling, min-max, Gaussian blur."""
+    side = grid_side(r.shape[1])
+    grid = r.reshape(-1, side, side)
+    return gaussian_blur(minmax_normalize(resize_bilinear(grid, size)), sigma)
+
+
+class MACLU:
+    name = "maclu"
+    train_hint = "python train_ma_clu.py"
+    FIT_KEYS = ("backbone", "pretrained", "weights", "model_kwargs", "image_size", "n_clusters", "kmeans_seed", "cov_eps")
+
+    def __init__(self, cfg, device: torch.device):
+        if cfg.n_clusters != 2:
+            raise ValueError(f"maclu.n_clusters = {cfg.n_clusters}: Eq. 6 needs exactly 2 clusters (belt and coal)")
+        self.cfg, self.device = cfg, device
+        self.backbone = ViTFeatures(cfg.backbone, cfg.image_size, cfg.pretrained, cfg.weights,
+                                    cfg.model_kwargs, key="maclu").to(device)
+        self.mu = self.inv_cov = self.centers = None
+        self.fg = None
+
+    def fit_config(self) -> dict:
+        return {k: self.cfg[k] for k in self.FIT_KEYS}
+
+    # ---------------------------------------------------------------- training
+    def fit(self, loader, n_images: int) -> "MACLU":
+        """CLS Gaussian and KMeans from batches of training images at the branch size."""
+        cls_stats = None
+        patch_bank = None  # (n_images * N, D) float32, filled in place: KMeans reads it without a copy
+        row = 0
+        for images in tqdm(loader, desc="MACLU features", unit="batch"):
+            cls, patches = self.backbone(images.to(self.device, non_blocking=True))
+            if cls_stats is None:
+                cls_stats = GaussianAccumulator(cls.shape[1], self.device)
+                patch_bank = np.empty((n_images * patches.shape[1], patches.shape[2]), dtype=np.float32)
+            cls_stats.update(cls)
+            flat = patches.reshape(-1, patches.shape[-1]).float().cpu().numpy()
+            patch_bank[row:row + len(flat)] = flat
+            row += len(flat)
+        if row != len(patch_bank):
+            raise RuntimeError(f"expected {n_images} training images, the loader gave {row // patches.shape[1]}")
+        self.mu, _, self.inv_cov = cls_stats.finalize(self.cfg.cov_eps, name="MACLU CLS tokens")
+        log.info("MACLU: KMeans(k=%d) on %d patch tokens of dim %d", self.cfg.n_clusters, *patch_bank.shape)
+        kmeans = KMeans(n_clusters=self.cfg.n_clusters, n_init="auto", random_state=self.cfg.kmeans_seed).fit(patch_bank)
+        counts = np.bincount(kmeans.labels_, minlength=self.cfg.n_clusters)
+        self.centers = torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)).to(self.device)
+        self.fg = int(np.argmin(counts))  # foreground (coal) = the smaller cluster
+        log.info("MACLU: cluster sizes %s, foreground cluster %d", counts.tolist(), self.fg)
+        return self
+
+    # --------------------------------------------------------------- inference
+    def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backbone features of normalised images of any square size (resized to the branch size)."""
+        cls, patches = self.backbone(resize_images(images.to(self.device), self.cfg.image_size))
+        return {"cls": cls, "patches": patches}
+
+    def score(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_obj (B,), M_obj (B, size, size)) from extracted features."""
+        s_obj = mahalanobis(feats["cls"].float(), self.mu, self.inv_cov)  # Eq. 4
+        r, labels = foreground_bias_ratio(feats["patches"].float(), self.centers, self.fg)  # Eq. 6
+        r = mean_replacement(r, labels, self.fg, self.cfg.tau)  # Eq. 7
+        return s_obj, ratio_map(r, self.cfg.image_size, self.cfg.sigma)  # Eq. 8
+
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score(self.extract(images))
+
+    # -------------------------------------------------------------- artifacts
+    def save(self, path) -> None:
+        save_artifact(path, self.name, self.fit_config(),
+                      {"mu": self.mu, "inv_cov": self.inv_cov, "centers": self.centers},
+                      {"fg_cluster": self.fg})
+
+    def load(self, path) -> "MACLU":
+        payload = load_artifact(path, self.name, self.fit_config(), self.train_hint)
+        t = payload["tensors"]
+        self.mu, self.inv_cov, self.centers = (t[k].to(self.device) for k in ("mu", "inv_cov", "centers"))
+        self.fg = int(payload["info"]["fg_cluster"])
+        return self

@@ -1,0 +1,98 @@
+"""Results on disk: the paper's numbers beside ours, metrics JSON, predictions NPZ, heatmap overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .artifacts import atomic_write
+from .data.dataset import load_rgb
+
+# Table 1 of the paper (CoalAD, %), from ../shared/usad-reference.md Sec. 8.
+PAPER_TABLE1 = {
+    "PatchCore": (94.47, 88.54, 73.46),
+    "SimpleNet": (92.18, 88.84, 46.16),
+    "DRAEM": (65.06, 67.92, 20.88),
+    "ISSTAD": (80.27, 89.32, 58.21),
+    "EfficientAD": (87.93, 89.17, 64.92),
+    "RD4AD": (85.10, 92.20, 72.15),
+    "RD++": (89.24, 93.67, 76.27),
+    "CKAAD": (85.62, 89.24, 72.28),
+    "USAD (fused)": (98.83, 98.24, 89.88),
+}
+
+# The public contract of ``test_fusion.py --save-predictions``.
+PREDICTION_KEYS = ("files", "label", "s_obj", "s_attr", "s_pc", "s_fused",
+                   "m_obj", "m_attr", "m_pc", "m_fused", "mask")
+
+
+def format_table(rows: list[tuple[str, float | None, float | None, float | None]],
+                 header=("method", "Image-AUC", "Pixel-AUC", "PRO-AUC")) -> str:
+    """Plain-text table; numbers are percentages with 2 decimals."""
+    cells = [list(header)] + [[name] + ["-" if v is None else f"{100 * v:.2f}" for v in vals] for name, *vals in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    sep = "-" * len(line(cells[0]))
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def table1(metrics: dict, label: str = "USAD (this run)") -> str:
+    """The paper's Table 1 with this run's fused numbers appended (PRO-AUC = the authors' variant)."""
+    rows = [(name, *(v / 100 for v in vals)) for name, vals in PAPER_TABLE1.items()]
+    rows.append((label, metrics["image_auroc"], metrics["pixel_auroc"], metrics["pro_auc_usad"]))
+    text = format_table(rows)
+    return text + f"\n(standard MVTec AU-PRO@0.3 of this run: {100 * metrics['aupro_0.3']:.2f})"
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def save_predictions(path: Path, preds) -> None:
+    """All per-image outputs in evaluation order (maps at the evaluation size), atomically."""
+    arrays = {"files": np.array(preds.files), "label": preds.label, "mask": preds.mask,
+              **{k: preds.scores[k] for k in ("s_obj", "s_attr", "s_pc", "s_fused")},
+              **{k: preds.maps[k] for k in ("m_obj", "m_attr", "m_pc", "m_fused")}}
+
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(Path(path), write)
+
+
+def colorize(m: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """A map as a JET-coloured RGB uint8 image on the scale [lo, hi]."""
+    scaled = np.clip((m - lo) / max(hi - lo, 1e-12), 0, 1)
+    return cv2.cvtColor(cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def overlay(image_rgb: np.ndarray, m: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The map (min-max scaled) over the image."""
+    heat = colorize(m, float(m.min()), float(m.max()))
+    return (alpha * heat + (1 - alpha) * image_rgb).astype(np.uint8)
+
+
+def resized_rgb(path: Path, size: int) -> np.ndarray:
+    return np.asarray(load_rgb(path).resize((size, size), resample=3))  # bicubic, like the test transform
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+
+
+def save_heatmaps(out_dir: Path, category_dir: Path, preds, indices) -> list[Path]:
+    """Fused-map overlays ``<kind>_<name>.png`` for the given test images."""
+    written = []
+    for i in indices:
+        rel = Path(preds.files[i])
+        img = resized_rgb(category_dir / rel, preds.maps["m_fused"].shape[-1])
+        path = Path(out_dir) / f"{rel.parent.name}_{rel.stem}.png"
+        write_png(path, overlay(img, preds.maps["m_fused"][i]))
+        written.append(path)
+    return written
