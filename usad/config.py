@@ -42,7 +42,12 @@ class Config(dict):
             raise AttributeError(f"config has no key {name!r}") from None
 
     def to_dict(self) -> dict:
-        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+        return {k: plain(v) for k, v in self.items()}
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain Python (Config sections become dicts), e.g. for saving."""
+    return value.to_dict() if isinstance(value, Config) else copy.deepcopy(value)
 
 
 def _wrap(d: dict) -> Config:

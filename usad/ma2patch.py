@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .artifacts import load_artifact, save_artifact
+from .config import plain
 from .backbones import ViTFeatures
 from .mahalanobis import GaussianAccumulator, mahalanobis
 from .ops import gaussian_blur, grid_side, resize_bilinear, resize_images
@@ -55,7 +56,7 @@ class MA2Patch:
         self.mu = self.inv_cov = None
 
     def fit_config(self) -> dict:
-        return {k: self.cfg[k] for k in self.FIT_KEYS}
+        return {k: plain(self.cfg[k]) for k in self.FIT_KEYS}
 
     def fit(self, loader, n_images: int | None = None) -> "MA2Patch":
         """Eq. 11: Gaussian of the mean-pooled patch tokens, streamed over batches."""

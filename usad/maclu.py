@@ -21,6 +21,7 @@ from sklearn.cluster import KMeans
 from tqdm import tqdm
 
 from .artifacts import load_artifact, save_artifact
+from .config import plain
 from .backbones import ViTFeatures
 from .mahalanobis import GaussianAccumulator, mahalanobis
 from .ops import gaussian_blur, grid_side, minmax_normalize, resize_bilinear, resize_images
@@ -68,7 +69,7 @@ class MACLU:
         self.fg = None
 
     def fit_config(self) -> dict:
-        return {k: self.cfg[k] for k in self.FIT_KEYS}
+        return {k: plain(self.cfg[k]) for k in self.FIT_KEYS}
 
     # ---------------------------------------------------------------- training
     def fit(self, loader, n_images: int) -> "MACLU":

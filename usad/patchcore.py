@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .artifacts import load_artifact, save_artifact
+from .config import plain
 from .backbones import ResNetFeatures
 from .ops import gaussian_blur, grid_side, minmax_normalize, resize_bilinear, resize_images
 from .sampler import GreedyCoresetSampler
@@ -86,7 +87,7 @@ class PatchCore:
         self.train_indices: list[int] = []
 
     def fit_config(self) -> dict:
-        return {**{k: self.cfg[k] for k in self.FIT_KEYS}, "seed": self.seed}
+        return {**{k: plain(self.cfg[k]) for k in self.FIT_KEYS}, "seed": self.seed}
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) at the branch size -> (B, P, D) patch features."""
