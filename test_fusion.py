@@ -1,10 +1,12 @@
 """Evaluate USAD: load the three trained branches, fuse them (Sec. 4.5), report Table 1.
 
     python test_fusion.py --config configs/coalad.yaml [--set KEY=VALUE ...]
-                          [--save-predictions FILE.npz] [--heatmaps N|all]
+                          [--save-predictions FILE.npz] [--heatmaps N|all] [--ablation]
 
 Prints the paper's Table 1 with this run beside it and writes
 <paths.results>/<data.category>/metrics.json and heatmaps/ (fused-map overlays).
+With --ablation, also Tables 2 and 3 (ablation.json), from the same branch
+outputs: no backbone runs again.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import sys
 import numpy as np
 
 from usad import metrics
+from usad.ablation import ablation, format_ablation
 from usad.config import add_config_args, config_from_args
 from usad.pipeline import category_dir, evaluate, results_dir, run_cli
 from usad.report import save_heatmaps, save_predictions, table1, write_json
@@ -34,6 +37,7 @@ def main(argv=None):
     parser = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--save-predictions", metavar="FILE.npz", help="write every score and map (evaluation size) to FILE.npz")
     parser.add_argument("--heatmaps", default="8", help="number of fused-map overlays to save, or 'all' (default 8)")
+    parser.add_argument("--ablation", action="store_true", help="also compute Tables 2 and 3 (ablation.json)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
@@ -46,6 +50,12 @@ def main(argv=None):
     write_json(out / "metrics.json", {"metrics": result, "config": cfg.to_dict()})
     print(table1(result))
     log.info("metrics written to %s", out / "metrics.json")
+    if args.ablation:
+        table = ablation(preds, cfg.fusion)
+        write_json(out / "ablation.json", table)
+        print(format_ablation(table))
+        result["ablation"] = table
+        log.info("ablation written to %s", out / "ablation.json")
     if args.save_predictions:
         save_predictions(args.save_predictions, preds)
         log.info("predictions written to %s", args.save_predictions)

@@ -53,3 +53,31 @@ def tiny_config(tmp_path: Path, data_root: Path, category: str = "coal_ad", *ove
         f"paths.models={tmp_path / 'models'}", f"paths.results={tmp_path / 'results'}",
         "device=cpu", *overrides,
     ])
+
+
+def golden_argv(tmp_path: Path) -> list[str]:
+    argv = ["--config", str(GOLDEN_CONFIG)]
+    for o in golden_overrides(tmp_path):
+        argv += ["--set", o]
+    return argv
+
+
+@pytest.fixture(scope="session")
+def golden_run(tmp_path_factory):
+    """The three training scripts and test_fusion.py (with --ablation) on the golden fixture, once."""
+    import numpy as np
+
+    import test_fusion
+    import train_ma2patch
+    import train_ma_clu
+    import train_pc
+
+    golden = require_golden()
+    tmp = tmp_path_factory.mktemp("golden")
+    argv = golden_argv(tmp)
+    for script in (train_ma_clu, train_ma2patch, train_pc):
+        script.main(argv)
+    out = tmp / "predictions.npz"
+    result = test_fusion.main(argv + ["--save-predictions", str(out), "--heatmaps", "2", "--ablation"])
+    return {"ref": np.load(golden / "reference.npz"), "ours": np.load(out), "metrics": result, "tmp": tmp,
+            "argv": argv, "config": golden_config(tmp)}

@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import test_fusion
-import train_ma2patch
-import train_ma_clu
-import train_pc
 from usad import metrics
 from usad.fusion import to_eval_size
 
-from conftest import GOLDEN_CONFIG, golden_overrides, require_golden
+from conftest import require_golden
 
 PEARSON_MIN = 0.999
 METRIC_TOL = 0.005
@@ -28,17 +24,8 @@ def pearson(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    golden = require_golden()
-    tmp = tmp_path_factory.mktemp("golden")
-    argv = ["--config", str(GOLDEN_CONFIG)]
-    for o in golden_overrides(tmp):
-        argv += ["--set", o]
-    for script in (train_ma_clu, train_ma2patch, train_pc):
-        script.main(argv)
-    out = tmp / "predictions.npz"
-    result = test_fusion.main(argv + ["--save-predictions", str(out), "--heatmaps", "2"])
-    return {"ref": np.load(golden / "reference.npz"), "ours": np.load(out), "metrics": result, "tmp": tmp}
+def run(golden_run):
+    return golden_run
 
 
 def test_evaluation_order_and_labels(run):

@@ -103,12 +103,21 @@ class MACLU:
         cls, patches = self.backbone(resize_images(images.to(self.device), self.cfg.image_size))
         return {"cls": cls, "patches": patches}
 
+    def ratios(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """s_obj (Eq. 4) and, per patch, r (Eq. 6) and the nearest-centre label: all that tau acts on."""
+        s_obj = mahalanobis(feats["cls"].float(), self.mu, self.inv_cov)
+        r, labels = foreground_bias_ratio(feats["patches"].float(), self.centers, self.fg)
+        return s_obj, r, labels
+
+    def map_from_ratios(self, r: torch.Tensor, labels: torch.Tensor, tau: float | None = None) -> torch.Tensor:
+        """Eq. 7-8: mean replacement above tau (default: the config's), then the map."""
+        tau = self.cfg.tau if tau is None else tau
+        return ratio_map(mean_replacement(r, labels, self.fg, tau), self.cfg.image_size, self.cfg.sigma)
+
     def score(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(s_obj (B,), M_obj (B, size, size)) from extracted features."""
-        s_obj = mahalanobis(feats["cls"].float(), self.mu, self.inv_cov)  # Eq. 4
-        r, labels = foreground_bias_ratio(feats["patches"].float(), self.centers, self.fg)  # Eq. 6
-        r = mean_replacement(r, labels, self.fg, self.cfg.tau)  # Eq. 7
-        return s_obj, ratio_map(r, self.cfg.image_size, self.cfg.sigma)  # Eq. 8
+        s_obj, r, labels = self.ratios(feats)
+        return s_obj, self.map_from_ratios(r, labels)
 
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.score(self.extract(images))
