@@ -146,6 +146,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return _wrap(cfg)
 
 
+def with_overrides(cfg: Config, *overrides: str) -> Config:
+    """A copy of ``cfg`` with ``KEY=VALUE`` overrides applied (validated like --set)."""
+    d = cfg.to_dict()
+    for text in overrides:
+        _merge(d, parse_override(text))
+    return _wrap(d)
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (merged onto configs/coalad.yaml)")
     parser.add_argument(
