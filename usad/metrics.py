@@ -1,0 +1,360 @@
+"""Evaluation metrics (reference Sec. 7).
+
+- ``image_auroc``   Image-AUROC, scikit-learn ``roc_auc_score`` on image labels.
+- ``pixel_auroc``   Pixel-AUROC over every pixel of every test map; equal to
+  ``roc_auc_score`` but computed as a Mann-Whitney U statistic in bounded memory.
+- ``pro_auc_usad``  PRO-AUC exactly as the authors compute it (the paper's
+  Table 1 column): anomalous images, per-image uint8 normalisation, 200
+  thresholds, FPR < 0.3 rescaled to [0, 1].
+- ``au_pro``        the standard MVTec AD AU-PRO: raw scores, exact PRO curve,
+  integrated up to FPR = 0.3 and divided by 0.3.
+- ``compute_all``   all four, sharing the sorted negative pixels.
+
+Inputs are numpy arrays or torch tensors: labels / scores (n,), masks (n, H, W)
+binary (0/1 or bool; (n, 1, H, W) is accepted), maps (n, H, W) float.
+Large stacks (1,754 maps of 406 x 406) are processed a chunk of images at a time:
+only the negative pixel scores are copied and sorted, never an index array over
+all pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from .errors import UsadError
+
+CHUNK = 64                 # images per chunk in the chunked passes
+PRO_STEPS = 200            # authors' number of PRO thresholds
+PRO_FPR_LIMIT = 0.3        # FPR limit of both PRO metrics
+LEVELS = np.arange(256) / 255  # the values of a uint8-normalised map, as the authors' m / 255
+# 8-connectivity inside each image, no connection across images of a stack
+# (scikit-image ``label(connectivity=2)`` per image).
+_STACK_STRUCTURE = np.zeros((3, 3, 3), bool)
+_STACK_STRUCTURE[1] = True
+
+
+
+
+class MetricError(UsadError, ValueError):
+    """Inputs a metric cannot be computed on (one class only, NaN, shape mismatch)."""
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def _as_numpy(x, name: str) -> np.ndarray:
+    """numpy array from a numpy array, a torch tensor or a sequence (no copy when possible)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):   # torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype == object:
+        raise MetricError(f"{name} must be numeric; got an object array")
+    return x
+
+
+def _image_stack(x, name: str) -> np.ndarray:
+    """(n, H, W) view of a stack of maps or masks; (n, 1, H, W) loses its channel axis."""
+    x = _as_numpy(x, name)
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3:
+        raise MetricError(f"{name} must have shape (n, H, W); got {x.shape}")
+    return x
+
+
+def _first_nonfinite(values: np.ndarray) -> int | None:
+    """Index along axis 0 of the first entry containing NaN or inf, else None.
+
+    Uses per-image min / max (NaN propagates through both, inf is an extreme),
+    which needs no full-size boolean temporary.
+    """
+    if not np.issubdtype(values.dtype, np.floating):
+        return None
+    flat = values.reshape(len(values), -1)
+    bad = np.zeros(len(values), bool)
+    for s in range(0, len(values), CHUNK):
+        block = flat[s:s + CHUNK]
+        bad[s:s + CHUNK] = ~(np.isfinite(block.min(axis=1)) & np.isfinite(block.max(axis=1)))
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if len(hits) else None
+
+
+def _check_maps(maps, name: str = "maps") -> np.ndarray:
+    maps = _image_stack(maps, name)
+    if not (np.issubdtype(maps.dtype, np.floating) or np.issubdtype(maps.dtype, np.integer)):
+        raise MetricError(f"{name} must be a float array; got dtype {maps.dtype}")
+    i = _first_nonfinite(maps)
+    if i is not None:
+        raise MetricError(f"{name}[{i}] contains NaN or inf; fix the anomaly map of image {i} before evaluating")
+    return maps
+
+
+def _binary_masks(masks) -> np.ndarray:
+    """Masks as a bool (n, H, W) array; values other than 0 / 1 raise."""
+    masks = _image_stack(masks, "masks")
+    if masks.dtype == bool:
+        return masks
+    out = np.empty(masks.shape, bool)
+    for s in range(0, len(masks), CHUNK):
+        block = masks[s:s + CHUNK]
+        np.not_equal(block, 0, out=out[s:s + CHUNK])
+        if np.count_nonzero(block[out[s:s + CHUNK]] != 1):
+            wrong = (block != 0) & (block != 1)
+            i = int(np.flatnonzero(wrong.reshape(len(block), -1).any(axis=1))[0])
+            raise MetricError(f"masks must be binary (0 / 1 or bool); masks[{s + i}] contains "
+                             f"{block[wrong][0]!r}. Threshold soft masks first, e.g. masks >= 0.5")
+    return out
+
+
+def _check_masks_maps(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (bool masks, maps) of equal shape."""
+    masks_np, maps_np = _image_stack(masks, "masks"), _image_stack(maps, "maps")
+    if masks_np.shape != maps_np.shape:
+        raise MetricError(f"masks and maps must have the same shape; got masks {masks_np.shape} "
+                         f"and maps {maps_np.shape}")
+    return _binary_masks(masks_np), _check_maps(maps_np)
+
+
+def _check_labels(labels, n: int | None = None, name: str = "labels") -> np.ndarray:
+    labels = _as_numpy(labels, name).reshape(-1)
+    if n is not None and len(labels) != n:
+        raise MetricError(f"{name} has {len(labels)} entries but there are {n} images")
+    if not np.isin(labels, (0, 1)).all():
+        raise MetricError(f"{name} must be 0 (normal) or 1 (anomalous); got values {np.unique(labels)[:10]}")
+    return labels.astype(bool)
+
+
+def _need_both(n_pos: int, n_neg: int, metric: str, what: str) -> None:
+    if n_pos == 0 or n_neg == 0:
+        have = "anomalous" if n_pos else "normal"
+        raise MetricError(f"{metric} needs both normal and anomalous {what}; got only {have} {what} "
+                         f"({n_neg} normal, {n_pos} anomalous)")
+
+
+# ----------------------------------------------------------------------------- image level
+
+def image_auroc(labels, scores) -> float:
+    """Image-AUROC: ``roc_auc_score(labels, scores)``."""
+    scores = _as_numpy(scores, "scores").reshape(-1)
+    labels = _check_labels(labels, len(scores))
+    i = _first_nonfinite(scores.astype(np.float64, copy=False))
+    if i is not None:
+        raise MetricError(f"scores[{i}] is NaN or inf; fix the score of image {i} before evaluating")
+    _need_both(int(labels.sum()), int((~labels).sum()), "image_auroc", "images")
+    return float(roc_auc_score(labels, scores))
+
+
+# ----------------------------------------------------------------------------- pixel level
+
+def _float_maps(block: np.ndarray) -> np.ndarray:
+    """Pixel scores as float32, or float64 when given (never loses precision)."""
+    return block.astype(np.float64 if block.dtype == np.float64 else np.float32, copy=False)
+
+
+def _pixel_sets(masks: np.ndarray, maps: np.ndarray, component_weights: bool = False):
+    """(sorted negative scores, positive scores, per-positive weights or None).
+
+    The weight of a positive pixel is 1 / (n_components * component_size), so
+    that summing weights of covered pixels gives the mean per-component overlap
+    (PRO). Components are 8-connected, per image.
+    """
+    n_pos = int(np.count_nonzero(masks))
+    n_neg = masks.size - n_pos
+    _need_both(n_pos, n_neg, "pixel metrics", "pixels")
+    dtype = np.float64 if maps.dtype == np.float64 else np.float32
+    neg, pos = np.empty(n_neg, dtype), np.empty(n_pos, dtype)
+    weights = np.empty(n_pos) if component_weights else None
+    i_neg = i_pos = n_components = 0
+    for s in range(0, len(maps), CHUNK):
+        m, k = _float_maps(maps[s:s + CHUNK]), masks[s:s + CHUNK]
+        p = m[k]
+        pos[i_pos:i_pos + len(p)] = p
+        neg_block = m[~k]
+        neg[i_neg:i_neg + len(neg_block)] = neg_block
+        if component_weights:
+            comp, n = ndimage.label(k, _STACK_STRUCTURE)
+            size = np.bincount(comp.ravel())
+            weights[i_pos:i_pos + len(p)] = 1.0 / size[comp[k]]
+            n_components += n
+        i_pos, i_neg = i_pos + len(p), i_neg + len(neg_block)
+    neg.sort()
+    if component_weights:
+        weights /= n_components
+    return neg, pos, weights
+
+
+def _mann_whitney_auc(neg_sorted: np.ndarray, pos: np.ndarray) -> float:
+    """AUC = sum_p (#neg < p + 0.5 #neg == p) / (n_pos n_neg), exact with ties."""
+    below = np.searchsorted(neg_sorted, pos, "left")            # #neg < p
+    not_above = np.searchsorted(neg_sorted, pos, "right")       # #neg <= p
+    twice_u = int(below.sum(dtype=np.int64)) + int(not_above.sum(dtype=np.int64))
+    return twice_u / (2.0 * len(pos) * len(neg_sorted))
+
+
+def pixel_auroc(masks, maps) -> float:
+    """Pixel-AUROC over all pixels of all maps, equal to ``roc_auc_score``.
+
+    Mann-Whitney U with ties: only the negative scores are sorted (in place),
+    the positives are located in them with ``searchsorted``.
+    """
+    masks, maps = _check_masks_maps(masks, maps)
+    neg, pos, _ = _pixel_sets(masks, maps)
+    return _mann_whitney_auc(neg, pos)
+
+
+# ----------------------------------------------------------------------------- authors' PRO-AUC
+
+def _uint8_levels(maps: np.ndarray) -> np.ndarray:
+    """Per-image min-max normalisation, scaled to uint8 by truncation (0..255).
+
+    The authors' ``(m - min) / (max - min)``, then ``(m * 255).astype(np.uint8)``,
+    in float32. Truncation (not rounding) reproduces the golden fixture's
+    PRO-AUC: 0.9352479 vs 0.9352405 (rounding gives 0.94142, +0.0062); float32
+    and float64 normalisation agree there. A constant map becomes all zeros.
+    """
+    m = maps.astype(np.float32, copy=False)
+    lo = m.min(axis=(1, 2), keepdims=True)
+    span = m.max(axis=(1, 2), keepdims=True) - lo
+    span = np.where(span > 0, span, np.float32(1))   # constant map: (m - lo) is 0 already
+    return (((m - lo) / span) * np.float32(255)).astype(np.uint8)
+
+
+def _level_histograms(masks: np.ndarray, maps: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over the uint8 levels of the given images: (negative-pixel histogram (256,),
+    per-component histograms (n_components, 256))."""
+    neg_hist = np.zeros(256, np.int64)
+    comp_hists = []
+    for s in range(0, len(images), CHUNK):
+        idx = images[s:s + CHUNK]
+        levels, k = _uint8_levels(maps[idx]), masks[idx]
+        comp, n = ndimage.label(k, _STACK_STRUCTURE)     # 0 = background
+        code = comp.ravel().astype(np.int64) * 256 + levels.ravel()
+        hist = np.bincount(code, minlength=(n + 1) * 256).reshape(n + 1, 256)
+        neg_hist += hist[0]
+        comp_hists.append(hist[1:])
+    return neg_hist, np.concatenate(comp_hists)
+
+
+def _rescaled_fpr_auc(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Authors' AUC: keep FPR < limit, divide FPR by its largest kept value, sort, trapezoid."""
+    keep = fpr < fpr_limit
+    if not keep.any():
+        raise MetricError(f"pro_auc_usad: no threshold reaches FPR < {fpr_limit}; the PRO curve is empty")
+    f, p = fpr[keep], pro[keep]
+    if f.max() == 0:
+        # Departure (undefined in the authors' code, 0 / 0): every kept threshold has
+        # no false positive, so the curve is the point set {FPR = 0}; return its best PRO.
+        return float(p.max())
+    f = f / f.max()
+    order = np.lexsort((p, f))
+    return float(np.trapezoid(p[order], f[order]))
+
+
+def pro_auc_usad(masks, maps, labels=None) -> float:
+    """PRO-AUC as the authors compute it (Sec. 7, the paper's Table 1 column).
+
+    Anomalous images only (``labels == 1``, or images with a non-empty mask when
+    ``labels`` is None). Maps are normalised per image to uint8 levels / 255;
+    thresholds ``np.arange(min, max, (max - min) / 200)`` over all those maps;
+    a pixel is predicted anomalous when ``map > t``. PRO(t) = mean over all
+    8-connected ground-truth components of the covered fraction, FPR(t) =
+    false positives / negative pixels of the same images.
+
+    Vectorised over thresholds: a map has only 256 levels, so per-component
+    level histograms times the (thresholds x levels) matrix ``level > t`` give
+    every PRO and FPR at once.
+    """
+    masks, maps = _check_masks_maps(masks, maps)
+    if labels is None:
+        anomalous = masks.reshape(len(masks), -1).any(axis=1)
+    else:
+        anomalous = _check_labels(labels, len(maps))
+    if not anomalous.any():
+        raise MetricError("pro_auc_usad needs both normal and anomalous pixels; got no anomalous image "
+                         "(label 1, or a non-empty mask when labels is None)")
+    neg_hist, comp_hists = _level_histograms(masks, maps, np.flatnonzero(anomalous))
+    n_neg = int(neg_hist.sum())
+    _need_both(int(comp_hists.sum()), n_neg, "pro_auc_usad", "pixels in the anomalous images")
+
+    used = np.flatnonzero(neg_hist + comp_hists.sum(axis=0))
+    lo, hi = LEVELS[used[0]], LEVELS[used[-1]]
+    if hi == lo:
+        raise MetricError("pro_auc_usad: all anomalous maps are constant, there is no threshold to sweep")
+    thresholds = np.arange(lo, hi, (hi - lo) / PRO_STEPS)
+    above = (LEVELS[None, :] > thresholds[:, None]).astype(np.int64)   # (T, 256): level > t
+
+    sizes = comp_hists.sum(axis=1)
+    pro = ((comp_hists @ above.T) / sizes[:, None]).mean(axis=0)
+    fpr = (above @ neg_hist) / n_neg
+    return _rescaled_fpr_auc(fpr, pro, PRO_FPR_LIMIT)
+
+
+# ----------------------------------------------------------------------------- standard AU-PRO
+
+def _pro_curve(neg_sorted: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (FPR, PRO) curve of ``map >= t`` over all thresholds, from t = +inf to -inf.
+
+    PRO only changes at positive scores. For unique positive values
+    u_1 > u_2 > ..., PRO is P_{i-1} for t just above u_i (FPR = #neg > u_i / n_neg)
+    and P_i at t = u_i (FPR = #neg >= u_i / n_neg); between positive values the
+    curve is horizontal, so these two points per value, (0, 0) and (1, 1) are its
+    vertices (ties join the two points of a value by a straight segment).
+    """
+    order = np.argsort(pos, kind="stable")
+    pos_s, w_s = pos[order], weights[order]
+    starts = np.flatnonzero(np.r_[True, pos_s[1:] != pos_s[:-1]])
+    values = pos_s[starts][::-1]                               # descending unique positives
+    pro_after = np.cumsum(np.add.reduceat(w_s, starts)[::-1])
+    pro_before = np.r_[0.0, pro_after[:-1]]
+    n_neg = len(neg_sorted)
+    fpr_above = (n_neg - np.searchsorted(neg_sorted, values, "right")) / n_neg   # #neg > u
+    fpr_at = (n_neg - np.searchsorted(neg_sorted, values, "left")) / n_neg       # #neg >= u
+    fpr = np.r_[0.0, np.column_stack([fpr_above, fpr_at]).ravel(), 1.0]
+    pro = np.r_[0.0, np.column_stack([pro_before, pro_after]).ravel(), pro_after[-1]]
+    return fpr, pro
+
+
+def _area_until(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoidal area under (x, y), x non-decreasing from 0, up to x_max (interpolated there)."""
+    k = int(np.searchsorted(x, x_max, "right"))      # points with x <= x_max
+    xs, ys = x[:k], y[:k]
+    if k < len(x):
+        x0, y0, x1, y1 = x[k - 1], y[k - 1], x[k], y[k]
+        xs = np.r_[xs, x_max]
+        ys = np.r_[ys, y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)]
+    return float(np.trapezoid(ys, xs))
+
+
+def _au_pro_from(neg_sorted, pos, weights, fpr_limit: float) -> float:
+    fpr, pro = _pro_curve(neg_sorted, pos, weights)
+    return _area_until(fpr, pro, fpr_limit) / fpr_limit
+
+
+def au_pro(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
+    """Standard MVTec AD AU-PRO: all images, raw scores, exact PRO curve (``map >= t``),
+    area up to FPR = ``fpr_limit`` divided by ``fpr_limit``.
+
+    PRO = mean over all 8-connected ground-truth components of all images of
+    the covered fraction; FPR = false positives / all negative pixels.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
+    masks, maps = _check_masks_maps(masks, maps)
+    neg, pos, weights = _pixel_sets(masks, maps, component_weights=True)
+    return _au_pro_from(neg, pos, weights, fpr_limit)
+
+
+# ----------------------------------------------------------------------------- all together
+
+def compute_all(labels, scores, masks, maps) -> dict[str, float]:
+    """Image-AUROC, Pixel-AUROC, the authors' PRO-AUC and AU-PRO@0.3 (negatives sorted once)."""
+    masks, maps = _check_masks_maps(masks, maps)
+    labels_np = _check_labels(labels, len(maps))
+    out = {"image_auroc": image_auroc(labels_np.astype(np.int64), scores)}
+    neg, pos, weights = _pixel_sets(masks, maps, component_weights=True)
+    out["pixel_auroc"] = _mann_whitney_auc(neg, pos)
+    out["aupro_0.3"] = _au_pro_from(neg, pos, weights, PRO_FPR_LIMIT)
+    del neg, pos, weights
+    out["pro_auc_usad"] = pro_auc_usad(masks, maps, labels_np.astype(np.int64))
+    return {k: out[k] for k in ("image_auroc", "pixel_auroc", "pro_auc_usad", "aupro_0.3")}
