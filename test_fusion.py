@@ -1,10 +1,11 @@
 """Evaluate USAD: load the three trained branches, fuse them (Sec. 4.5), report Table 1.
 
     python test_fusion.py --config configs/coalad.yaml [--set KEY=VALUE ...]
-                          [--save-predictions FILE.npz] [--heatmaps N|all] [--ablation]
+                          [--save-predictions FILE.npz] [--heatmaps N|all] [--panels N|all] [--ablation]
 
 Prints the paper's Table 1 with this run beside it and writes
-<paths.results>/<data.category>/metrics.json and heatmaps/ (fused-map overlays).
+<paths.results>/<data.category>/metrics.json, heatmaps/ (fused-map overlays)
+and panels/ (Fig. 9-style input | ground truth | M_obj | M_attr | M_pc | fused).
 With --ablation, also Tables 2 and 3 (ablation.json), from the same branch
 outputs: no backbone runs again.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from usad import metrics
 from usad.ablation import ablation, format_ablation
 from usad.config import add_config_args, config_from_args
+from usad.figures import save_panels
 from usad.pipeline import category_dir, evaluate, results_dir, run_cli
 from usad.report import save_heatmaps, save_predictions, table1, write_json
 
@@ -37,6 +39,7 @@ def main(argv=None):
     parser = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--save-predictions", metavar="FILE.npz", help="write every score and map (evaluation size) to FILE.npz")
     parser.add_argument("--heatmaps", default="8", help="number of fused-map overlays to save, or 'all' (default 8)")
+    parser.add_argument("--panels", default="4", help="number of Fig. 9-style panels to save, or 'all' (default 4)")
     parser.add_argument("--ablation", action="store_true", help="also compute Tables 2 and 3 (ablation.json)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
@@ -59,8 +62,11 @@ def main(argv=None):
     if args.save_predictions:
         save_predictions(args.save_predictions, preds)
         log.info("predictions written to %s", args.save_predictions)
-    written = save_heatmaps(out / "heatmaps", category_dir(cfg), preds, heatmap_indices(preds.label, args.heatmaps))
+    root = category_dir(cfg)
+    written = save_heatmaps(out / "heatmaps", root, preds, heatmap_indices(preds.label, args.heatmaps))
     log.info("%d heatmap overlays in %s", len(written), out / "heatmaps")
+    written = save_panels(out / "panels", root, preds, heatmap_indices(preds.label, args.panels))
+    log.info("%d panels in %s", len(written), out / "panels")
     return result
 
 

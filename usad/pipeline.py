@@ -213,11 +213,11 @@ def run_cli(main, argv=None) -> int:
     """Run a script's ``main``; a UsadError becomes one clear message and exit status 2."""
     setup_logging()
     try:
-        main(argv)
+        rc = main(argv)
     except UsadError as e:
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted: nothing half-written was kept (artifacts are written atomically)")
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0

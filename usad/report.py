@@ -81,9 +81,11 @@ def resized_rgb(path: Path, size: int) -> np.ndarray:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    """An RGB uint8 image as PNG, written atomically."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data.tobytes()))
 
 
 def save_heatmaps(out_dir: Path, category_dir: Path, preds, indices) -> list[Path]:
