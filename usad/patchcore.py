@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .artifacts import load_artifact, save_artifact
 from .config import plain
+from .errors import UsadError
 from .backbones import ResNetFeatures
 from .ops import gaussian_blur, grid_side, minmax_normalize, resize_bilinear, resize_images
 from .sampler import GreedyCoresetSampler
@@ -74,6 +75,10 @@ def reweighted_score(patches: torch.Tensor, d: torch.Tensor, nn_idx: torch.Tenso
     return w * s_star
 
 
+class PatchCoreError(UsadError):
+    """A PatchCore model that cannot score (e.g. a memory bank smaller than k)."""
+
+
 class PatchCore:
     name = "patchcore"
     train_hint = "python train_pc.py"
@@ -117,6 +122,10 @@ class PatchCore:
 
     def score(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(s_pc (B,), M_pc (B, size, size))."""
+        if self.bank.shape[0] < self.cfg.k_nearest:
+            raise PatchCoreError(
+                f"the PatchCore memory bank has {self.bank.shape[0]} vector(s), fewer than k_nearest = "
+                f"{self.cfg.k_nearest}: retrain with more training images or a larger patchcore.coreset_ratio")
         patches = feats["patches"].float()
         b, p, dim = patches.shape
         d, nn_idx = nearest_bank_distance(patches.reshape(-1, dim), self.bank)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .backbones import resolve_device
 from .errors import UsadError
+from .data.checks import check_dataset
 from .data.dataset import TestDataset, TrainDataset, make_loader, train_samples
 from .fusion import fuse, to_eval_size
 from .ma2patch import MA2Patch
@@ -69,6 +70,7 @@ def train_branch(branch: str, cfg) -> Path:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     root = category_dir(cfg)
+    check_dataset(root, splits=("train",))
     samples = train_samples(root)
     model = build_branch(branch, cfg, device)
     size = cfg[branch].image_size
@@ -178,6 +180,7 @@ def evaluate(cfg, branches: dict | None = None, keep_branch_maps: bool = True, k
     """Run every test image through the loaded branches and fusion."""
     device = resolve_device(cfg.device)
     root = category_dir(cfg)
+    check_dataset(root, splits=("test",))
     branches = branches or load_branches(cfg, device)
     dataset = TestDataset(root, cfg.data.eval_size)
     cache, fingerprints = make_cache(cfg)
