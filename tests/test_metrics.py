@@ -259,3 +259,7 @@ def test_non_binary_mask_is_rejected():
     soft[1, 0, 0] = 0.5
     with pytest.raises(ValueError, match=r"masks\[1\].*binary|binary.*masks\[1\]"):
         pixel_auroc(soft, maps)
+    bytes_255 = masks.copy()
+    bytes_255[2] *= 255
+    with pytest.raises(ValueError, match=r"binary.*masks\[2\]"):
+        pixel_auroc(bytes_255, maps)

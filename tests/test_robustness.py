@@ -21,7 +21,7 @@ from usad.data.dataset import DatasetError
 from usad.data.synthetic import make_synthetic_coalad
 from usad.pipeline import NonFiniteError, build_branch, evaluate, model_path, train_branch
 
-from conftest import REPO, TINY_VIT_B, TINY_VIT_S, tiny_config
+from conftest import REPO, TINY_VIT_B, tiny_config
 
 
 def sha(path):

@@ -8,16 +8,18 @@
   thresholds, FPR < 0.3 rescaled to [0, 1].
 - ``au_pro``        the standard MVTec AD AU-PRO: raw scores, exact PRO curve,
   integrated up to FPR = 0.3 and divided by 0.3.
-- ``compute_all``   all four, sharing the sorted negative pixels.
+- ``compute_all``   all four, sharing the sorted pixel scores.
 
 Inputs are numpy arrays or torch tensors: labels / scores (n,), masks (n, H, W)
 binary (0/1 or bool; (n, 1, H, W) is accepted), maps (n, H, W) float.
 Large stacks (1,754 maps of 406 x 406) are processed a chunk of images at a time:
-only the negative pixel scores are copied and sorted, never an index array over
+the pixel scores are copied once (float32; float64 maps stay float64) and sorted, never an index array over
 all pixels.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -33,8 +35,6 @@ LEVELS = np.arange(256) / 255  # the values of a uint8-normalised map, as the au
 # (scikit-image ``label(connectivity=2)`` per image).
 _STACK_STRUCTURE = np.zeros((3, 3, 3), bool)
 _STACK_STRUCTURE[1] = True
-
-
 
 
 class MetricError(UsadError, ValueError):
@@ -95,6 +95,15 @@ def _binary_masks(masks) -> np.ndarray:
     masks = _image_stack(masks, "masks")
     if masks.dtype == bool:
         return masks
+    if masks.dtype in (np.uint8, np.int8):           # 0 / 1 bytes are bools already: no copy
+        for s in range(0, len(masks), CHUNK):
+            block = masks[s:s + CHUNK]
+            if block.max() > 1 or block.min() < 0:
+                wrong = (block != 0) & (block != 1)
+                i = int(np.flatnonzero(wrong.reshape(len(block), -1).any(axis=1))[0])
+                raise MetricError(f"masks must be binary (0 / 1 or bool); masks[{s + i}] contains "
+                                  f"{block[wrong][0]!r}. Threshold 0 / 255 masks first, e.g. masks >= 128")
+        return masks.view(bool)
     out = np.empty(masks.shape, bool)
     for s in range(0, len(masks), CHUNK):
         block = masks[s:s + CHUNK]
@@ -152,55 +161,73 @@ def _float_maps(block: np.ndarray) -> np.ndarray:
     return block.astype(np.float64 if block.dtype == np.float64 else np.float32, copy=False)
 
 
-def _pixel_sets(masks: np.ndarray, maps: np.ndarray, component_weights: bool = False):
-    """(sorted negative scores, positive scores, per-positive weights or None).
+class PositiveCounts(NamedTuple):
+    """Per unique positive score u (ascending): everything the pixel metrics need."""
+    values: np.ndarray     # unique positive scores, ascending
+    count: np.ndarray      # positives equal to u
+    weight: np.ndarray     # summed PRO weights of those positives (empty if not asked for)
+    neg_lt: np.ndarray     # negatives < u
+    neg_le: np.ndarray     # negatives <= u
+    n_neg: int
 
-    The weight of a positive pixel is 1 / (n_components * component_size), so
-    that summing weights of covered pixels gives the mean per-component overlap
-    (PRO). Components are 8-connected, per image.
+
+def _positive_counts(masks: np.ndarray, maps: np.ndarray, component_weights: bool = False) -> PositiveCounts:
+    """Rank every positive score among the negatives, in bounded memory.
+
+    All scores are copied once and sorted (the only large allocation); negatives
+    < u are then (all scores < u) - (positives < u), so no negative-only array or
+    index array over all pixels is built. The PRO weight of a positive pixel is
+    1 / (n_components * component_size): summing the weights of covered pixels
+    gives the mean per-component overlap. Components are 8-connected, per image.
     """
     n_pos = int(np.count_nonzero(masks))
     n_neg = masks.size - n_pos
     _need_both(n_pos, n_neg, "pixel metrics", "pixels")
     dtype = np.float64 if maps.dtype == np.float64 else np.float32
-    neg, pos = np.empty(n_neg, dtype), np.empty(n_pos, dtype)
+    everything, pos = np.empty(maps.size, dtype), np.empty(n_pos, dtype)
     weights = np.empty(n_pos) if component_weights else None
-    i_neg = i_pos = n_components = 0
+    i_all = i_pos = n_components = 0
     for s in range(0, len(maps), CHUNK):
         m, k = _float_maps(maps[s:s + CHUNK]), masks[s:s + CHUNK]
+        everything[i_all:i_all + m.size] = m.ravel()
         p = m[k]
         pos[i_pos:i_pos + len(p)] = p
-        neg_block = m[~k]
-        neg[i_neg:i_neg + len(neg_block)] = neg_block
         if component_weights:
             comp, n = ndimage.label(k, _STACK_STRUCTURE)
             size = np.bincount(comp.ravel())
             weights[i_pos:i_pos + len(p)] = 1.0 / size[comp[k]]
             n_components += n
-        i_pos, i_neg = i_pos + len(p), i_neg + len(neg_block)
-    neg.sort()
+        i_all, i_pos = i_all + m.size, i_pos + len(p)
+    everything.sort()
     if component_weights:
-        weights /= n_components
-    return neg, pos, weights
+        order = np.argsort(pos, kind="stable")
+        pos, weights = pos[order], weights[order] / n_components
+    else:
+        pos.sort()
+    starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
+    ends = np.r_[starts[1:], n_pos]
+    values = pos[starts]
+    # sorted queries: searchsorted walks the big array in order (10x faster than unsorted)
+    neg_lt = np.searchsorted(everything, values, "left") - starts
+    neg_le = np.searchsorted(everything, values, "right") - ends
+    weight = np.add.reduceat(weights, starts) if component_weights else np.empty(0)
+    return PositiveCounts(values, ends - starts, weight, neg_lt, neg_le, n_neg)
 
 
-def _mann_whitney_auc(neg_sorted: np.ndarray, pos: np.ndarray) -> float:
-    """AUC = sum_p (#neg < p + 0.5 #neg == p) / (n_pos n_neg), exact with ties."""
-    below = np.searchsorted(neg_sorted, pos, "left")            # #neg < p
-    not_above = np.searchsorted(neg_sorted, pos, "right")       # #neg <= p
-    twice_u = int(below.sum(dtype=np.int64)) + int(not_above.sum(dtype=np.int64))
-    return twice_u / (2.0 * len(pos) * len(neg_sorted))
+def _mann_whitney_auc(c: PositiveCounts) -> float:
+    """AUC = sum_p (#neg < p + 0.5 #neg == p) / (n_pos n_neg), exact with ties (integer sums)."""
+    twice_u = int(np.sum(c.count * (c.neg_lt + c.neg_le), dtype=np.int64))
+    return twice_u / (2.0 * int(c.count.sum()) * c.n_neg)
 
 
 def pixel_auroc(masks, maps) -> float:
     """Pixel-AUROC over all pixels of all maps, equal to ``roc_auc_score``.
 
-    Mann-Whitney U with ties: only the negative scores are sorted (in place),
-    the positives are located in them with ``searchsorted``.
+    Mann-Whitney U with ties: the scores are sorted once (a float32 copy), the
+    positives are ranked among them with ``searchsorted``.
     """
     masks, maps = _check_masks_maps(masks, maps)
-    neg, pos, _ = _pixel_sets(masks, maps)
-    return _mann_whitney_auc(neg, pos)
+    return _mann_whitney_auc(_positive_counts(masks, maps))
 
 
 # ----------------------------------------------------------------------------- authors' PRO-AUC
@@ -292,7 +319,7 @@ def pro_auc_usad(masks, maps, labels=None) -> float:
 
 # ----------------------------------------------------------------------------- standard AU-PRO
 
-def _pro_curve(neg_sorted: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pro_curve(c: PositiveCounts) -> tuple[np.ndarray, np.ndarray]:
     """Exact (FPR, PRO) curve of ``map >= t`` over all thresholds, from t = +inf to -inf.
 
     PRO only changes at positive scores. For unique positive values
@@ -301,15 +328,10 @@ def _pro_curve(neg_sorted: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> 
     curve is horizontal, so these two points per value, (0, 0) and (1, 1) are its
     vertices (ties join the two points of a value by a straight segment).
     """
-    order = np.argsort(pos, kind="stable")
-    pos_s, w_s = pos[order], weights[order]
-    starts = np.flatnonzero(np.r_[True, pos_s[1:] != pos_s[:-1]])
-    values = pos_s[starts][::-1]                               # descending unique positives
-    pro_after = np.cumsum(np.add.reduceat(w_s, starts)[::-1])
+    pro_after = np.cumsum(c.weight[::-1])                      # descending u
     pro_before = np.r_[0.0, pro_after[:-1]]
-    n_neg = len(neg_sorted)
-    fpr_above = (n_neg - np.searchsorted(neg_sorted, values, "right")) / n_neg   # #neg > u
-    fpr_at = (n_neg - np.searchsorted(neg_sorted, values, "left")) / n_neg       # #neg >= u
+    fpr_above = (c.n_neg - c.neg_le[::-1]) / c.n_neg           # #neg > u
+    fpr_at = (c.n_neg - c.neg_lt[::-1]) / c.n_neg              # #neg >= u
     fpr = np.r_[0.0, np.column_stack([fpr_above, fpr_at]).ravel(), 1.0]
     pro = np.r_[0.0, np.column_stack([pro_before, pro_after]).ravel(), pro_after[-1]]
     return fpr, pro
@@ -326,8 +348,8 @@ def _area_until(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return float(np.trapezoid(ys, xs))
 
 
-def _au_pro_from(neg_sorted, pos, weights, fpr_limit: float) -> float:
-    fpr, pro = _pro_curve(neg_sorted, pos, weights)
+def _au_pro_from(c: PositiveCounts, fpr_limit: float) -> float:
+    fpr, pro = _pro_curve(c)
     return _area_until(fpr, pro, fpr_limit) / fpr_limit
 
 
@@ -341,20 +363,18 @@ def au_pro(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
     if not 0 < fpr_limit <= 1:
         raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
     masks, maps = _check_masks_maps(masks, maps)
-    neg, pos, weights = _pixel_sets(masks, maps, component_weights=True)
-    return _au_pro_from(neg, pos, weights, fpr_limit)
+    return _au_pro_from(_positive_counts(masks, maps, component_weights=True), fpr_limit)
 
 
 # ----------------------------------------------------------------------------- all together
 
 def compute_all(labels, scores, masks, maps) -> dict[str, float]:
-    """Image-AUROC, Pixel-AUROC, the authors' PRO-AUC and AU-PRO@0.3 (negatives sorted once)."""
+    """Image-AUROC, Pixel-AUROC, the authors' PRO-AUC and AU-PRO@0.3 (scores sorted once)."""
     masks, maps = _check_masks_maps(masks, maps)
     labels_np = _check_labels(labels, len(maps))
     out = {"image_auroc": image_auroc(labels_np.astype(np.int64), scores)}
-    neg, pos, weights = _pixel_sets(masks, maps, component_weights=True)
-    out["pixel_auroc"] = _mann_whitney_auc(neg, pos)
-    out["aupro_0.3"] = _au_pro_from(neg, pos, weights, PRO_FPR_LIMIT)
-    del neg, pos, weights
+    counts = _positive_counts(masks, maps, component_weights=True)
+    out["pixel_auroc"] = _mann_whitney_auc(counts)
+    out["aupro_0.3"] = _au_pro_from(counts, PRO_FPR_LIMIT)
     out["pro_auc_usad"] = pro_auc_usad(masks, maps, labels_np.astype(np.int64))
     return {k: out[k] for k in ("image_auroc", "pixel_auroc", "pro_auc_usad", "aupro_0.3")}

@@ -100,20 +100,22 @@ class PatchCore:
 
     def fit(self, loader, n_images: int, sampler=None) -> "PatchCore":
         """``loader`` yields the training subset (see ``training_subset``) in order."""
-        bank, row = None, 0  # one preallocated (n_images * P, D) float32 bank
+        dtype = getattr(torch, self.cfg.bank_dtype)  # float16 halves the memory (and rounds the features)
+        bank, row = None, 0  # one preallocated (n_images * P, D) bank, filled in place
         for images in tqdm(loader, desc="PatchCore features", unit="batch"):
             feats = self.features(images).float()
             flat = feats.reshape(-1, feats.shape[-1])
             if bank is None:
-                bank = torch.empty(n_images * feats.shape[1], feats.shape[2], dtype=torch.float32)
-                log.info("PatchCore: bank of %d x %d float32 (%.2f GB)", *bank.shape, bank.numel() * 4 / 1e9)
+                bank = torch.empty(n_images * feats.shape[1], feats.shape[2], dtype=dtype)
+                log.info("PatchCore: bank of %d x %d %s (%.2f GB)", *bank.shape, self.cfg.bank_dtype,
+                         bank.numel() * bank.element_size() / 1e9)
             bank[row:row + len(flat)] = flat.cpu()
             row += len(flat)
         if bank is None or row != bank.shape[0]:
             raise RuntimeError(f"expected {n_images} training images for PatchCore, got {row} patches")
         sampler = sampler or GreedyCoresetSampler(self.cfg.coreset_ratio, self.cfg.projection_eps, self.seed, device=self.device)
         picks = sampler.run(bank)
-        self.bank = bank[picks].to(self.device, getattr(torch, self.cfg.bank_dtype))
+        self.bank = bank[picks].to(self.device)
         log.info("PatchCore: coreset of %d patches", self.bank.shape[0])
         return self
 

@@ -14,9 +14,9 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from .backbones import resolve_device
-from .errors import UsadError
 from .data.checks import check_dataset
 from .data.dataset import TestDataset, TrainDataset, make_loader, train_samples
+from .errors import UsadError
 from .fusion import fuse, to_eval_size
 from .ma2patch import MA2Patch
 from .maclu import MACLU
@@ -41,9 +41,8 @@ def category_dir(cfg) -> Path:
     """The dataset folder; CoalAD is downloaded first when missing and ``data.download`` is on."""
     path = Path(cfg.data.root) / cfg.data.category
     if cfg.data.download and cfg.data.category == "coal_ad":
-        from .data.coalad import download_coalad, is_complete
-        if not is_complete(path):
-            return download_coalad(cfg.data.root, cfg.data.category)
+        from .data.coalad import download_coalad
+        return download_coalad(cfg.data.root, cfg.data.category)  # returns at once when already complete
     return path
 
 
@@ -65,10 +64,10 @@ def build_branch(branch: str, cfg, device: torch.device):
     raise ValueError(f"unknown branch {branch!r}; one of {BRANCHES}")
 
 
-def train_branch(branch: str, cfg) -> Path:
-    """Fit one branch on the normal training images and save it; returns the model path."""
+def fit_branch(branch: str, cfg, device: torch.device | None = None):
+    """Fit one branch on the normal training images (checked first); returns the fitted branch."""
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     root = category_dir(cfg)
     check_dataset(root, splits=("train",))
     samples = train_samples(root)
@@ -82,7 +81,12 @@ def train_branch(branch: str, cfg) -> Path:
                  len(dataset), len(samples), cfg.patchcore.train_ratio, cfg.seed)
     loader = make_loader(dataset, cfg.data.batch_size, cfg.data.num_workers, device)
     log.info("%s: fitting on %d images from %s at %d px on %s", branch, len(dataset), root, size, device)
-    model.fit(loader, len(dataset))
+    return model.fit(loader, len(dataset))
+
+
+def train_branch(branch: str, cfg) -> Path:
+    """Fit one branch and save it to ``<paths.models>/<category>/<branch>.pt``; returns that path."""
+    model = fit_branch(branch, cfg)
     path = model_path(cfg, branch)
     model.save(path)
     log.info("%s: saved %s", branch, path)

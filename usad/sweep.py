@@ -29,9 +29,8 @@ from . import metrics
 from .artifacts import atomic_write
 from .backbones import resolve_device
 from .config import add_config_args, config_from_args, with_overrides
-from .data.dataset import TrainDataset, make_loader, train_samples
 from .fusion import fuse, to_eval_size
-from .pipeline import build_branch, category_dir, evaluate, load_branches, results_dir, run_cli, seed_everything
+from .pipeline import evaluate, fit_branch, load_branches, results_dir, run_cli
 
 log = logging.getLogger("usad")
 
@@ -75,16 +74,6 @@ def sweep_tau(cfg, values, branches: dict | None = None) -> list[dict]:
         log.info("tau=%.3f: %s", tau, {k: round(v, 4) for k, v in row.items() if k != "tau"})
         rows.append(row)
     return rows
-
-
-def fit_branch(branch: str, cfg, device):
-    """Fit one branch in memory (no model file written) on the training set."""
-    seed_everything(cfg.seed)
-    root = category_dir(cfg)
-    samples = train_samples(root)
-    model = build_branch(branch, cfg, device)
-    loader = make_loader(TrainDataset(root, cfg[branch].image_size, samples), cfg.data.batch_size, cfg.data.num_workers, device)
-    return model.fit(loader, len(samples))
 
 
 def sweep_resolution(cfg, sweep: str, values, branches: dict | None = None) -> list[dict]:

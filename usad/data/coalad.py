@@ -199,7 +199,7 @@ def assemble(tars: list[Path], partial: Path, category: str, expected: Mapping) 
     counts = count_images(staged)
     if not counts_match(counts, expected):
         raise DatasetError(
-            f"{tar_names} unpacked to the wrong number of images: expected {describe_counts(expected)}, "
+            f"{tar_names} unpacked to the wrong number of images: expected {describe_counts(expected)}; "
             f"found {describe_counts(counts)}. The tar files are incomplete or not CoalAD: delete them and run "
             f"again to download them again."
         )
