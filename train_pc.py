@@ -5,18 +5,11 @@
 Writes <paths.models>/<data.category>/patchcore.pt.
 """
 
-import argparse
 import sys
 
-from usad.config import add_config_args, config_from_args
-from usad.pipeline import run_cli, train_branch
+from usad.pipeline import run_cli, train_main
 
-
-def main(argv=None):
-    parser = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(argv)
-    train_branch("patchcore", config_from_args(args))
-
+main = train_main("patchcore", __doc__)
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 import time
@@ -14,6 +15,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from .backbones import resolve_device
+from .config import add_config_args, config_from_args
 from .data.checks import check_dataset
 from .data.dataset import TestDataset, TrainDataset, make_loader, train_samples
 from .errors import UsadError
@@ -214,6 +216,15 @@ def evaluate(cfg, branches: dict | None = None, keep_branch_maps: bool = True, k
     if cache is not None:
         log.info("feature cache %s: %d hits, %d misses", cache.root, cache.hits, cache.misses)
     return preds
+
+
+def train_main(branch: str, doc: str):
+    """The ``main(argv)`` of a training script: parse --config/--set, then ``train_branch``."""
+    def main(argv=None) -> Path:
+        parser = add_config_args(argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter))
+        return train_branch(branch, config_from_args(parser.parse_args(argv)))
+
+    return main
 
 
 def run_cli(main, argv=None) -> int:
