@@ -23,7 +23,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "coalad.yaml"
 # Keys whose value is a free-form mapping (passed through to a library).
 FREE_FORM = {"maclu.model_kwargs", "ma2patch.model_kwargs"}
 # Keys that default to null but take a value of this type.
-NULLABLE = {"cache.dir": str, "maclu.weights": str, "ma2patch.weights": str, "patchcore.weights": str}
+NULLABLE = {"cache.dir": str, "patchcore.bank_memmap": str, "maclu.weights": str, "ma2patch.weights": str, "patchcore.weights": str}
 # Keys restricted to a set of values.
 CHOICES = {"patchcore.bank_dtype": ("float32", "float16"), "cache.dtype": ("float32", "float16")}
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -98,24 +102,42 @@ class PatchCore:
         """(B, 3, S, S) at the branch size -> (B, P, D) patch features."""
         return locally_aware_features(*self.backbone(images.to(self.device, non_blocking=True)))
 
+    def _allocate_bank(self, shape: tuple[int, int], dtype: torch.dtype) -> tuple[torch.Tensor, Path | None]:
+        """The training bank: in RAM, or in a memory-mapped file under ``bank_memmap`` (and that file)."""
+        if not self.cfg.bank_memmap:
+            return torch.empty(shape, dtype=dtype), None
+        folder = Path(self.cfg.bank_memmap)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="patchcore_bank.", suffix=".npy", dir=folder)
+        os.close(fd)
+        log.info("PatchCore: training bank memory-mapped in %s", name)
+        np_dtype = np.float16 if dtype == torch.float16 else np.float32
+        return torch.from_numpy(np.lib.format.open_memmap(name, mode="w+", dtype=np_dtype, shape=shape)), Path(name)
+
     def fit(self, loader, n_images: int, sampler=None) -> "PatchCore":
         """``loader`` yields the training subset (see ``training_subset``) in order."""
         dtype = getattr(torch, self.cfg.bank_dtype)  # float16 halves the memory (and rounds the features)
-        bank, row = None, 0  # one preallocated (n_images * P, D) bank, filled in place
-        for images in tqdm(loader, desc="PatchCore features", unit="batch"):
-            feats = self.features(images).float()
-            flat = feats.reshape(-1, feats.shape[-1])
-            if bank is None:
-                bank = torch.empty(n_images * feats.shape[1], feats.shape[2], dtype=dtype)
-                log.info("PatchCore: bank of %d x %d %s (%.2f GB)", *bank.shape, self.cfg.bank_dtype,
-                         bank.numel() * bank.element_size() / 1e9)
-            bank[row:row + len(flat)] = flat.cpu()
-            row += len(flat)
-        if bank is None or row != bank.shape[0]:
-            raise RuntimeError(f"expected {n_images} training images for PatchCore, got {row} patches")
-        sampler = sampler or GreedyCoresetSampler(self.cfg.coreset_ratio, self.cfg.projection_eps, self.seed, device=self.device)
-        picks = sampler.run(bank)
-        self.bank = bank[picks].to(self.device)
+        bank, bank_file, row = None, None, 0  # one preallocated (n_images * P, D) bank, filled in place
+        try:
+            for images in tqdm(loader, desc="PatchCore features", unit="batch"):
+                feats = self.features(images).float()
+                flat = feats.reshape(-1, feats.shape[-1])
+                if bank is None:
+                    bank, bank_file = self._allocate_bank((n_images * feats.shape[1], feats.shape[2]), dtype)
+                    log.info("PatchCore: bank of %d x %d %s (%.2f GB)", *bank.shape, self.cfg.bank_dtype,
+                             bank.numel() * bank.element_size() / 1e9)
+                bank[row:row + len(flat)] = flat.cpu()
+                row += len(flat)
+            if bank is None or row != bank.shape[0]:
+                raise RuntimeError(f"expected {n_images} training images for PatchCore, got {row} patches")
+            sampler = sampler or GreedyCoresetSampler(self.cfg.coreset_ratio, self.cfg.projection_eps, self.seed,
+                                                      device=self.device)
+            picks = sampler.run(bank)
+            self.bank = bank[picks].to(self.device)  # a copy: independent of the (memory-mapped) bank
+        finally:
+            del bank
+            if bank_file is not None:
+                bank_file.unlink(missing_ok=True)
         log.info("PatchCore: coreset of %d patches", self.bank.shape[0])
         return self
 
