@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from .artifacts import atomic_write
 from .data.dataset import load_rgb
@@ -53,9 +54,8 @@ def write_json(path: Path, data: dict) -> None:
 
 def save_predictions(path: Path, preds) -> None:
     """All per-image outputs in evaluation order (maps at the evaluation size), atomically."""
-    arrays = {"files": np.array(preds.files), "label": preds.label, "mask": preds.mask,
-              **{k: preds.scores[k] for k in ("s_obj", "s_attr", "s_pc", "s_fused")},
-              **{k: preds.maps[k] for k in ("m_obj", "m_attr", "m_pc", "m_fused")}}
+    source = {"files": np.array(preds.files), "label": preds.label, "mask": preds.mask, **preds.scores, **preds.maps}
+    arrays = {k: source[k] for k in PREDICTION_KEYS}
 
     def write(tmp: Path):
         with open(tmp, "wb") as f:
@@ -77,7 +77,7 @@ def overlay(image_rgb: np.ndarray, m: np.ndarray, alpha: float = 0.5) -> np.ndar
 
 
 def resized_rgb(path: Path, size: int) -> np.ndarray:
-    return np.asarray(load_rgb(path).resize((size, size), resample=3))  # bicubic, like the test transform
+    return np.asarray(load_rgb(path).resize((size, size), resample=Image.BICUBIC))  # like the test transform
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
