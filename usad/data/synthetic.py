@@ -306,7 +306,7 @@ def make_synthetic_coalad(root, category: str = "coal_ad", n_train: int = 32, n_
                           overwrite: bool = False) -> Path:
     """Write a synthetic CoalAD-layout dataset to ``<root>/<category>`` and return that folder.
 
-    Generated into ``<root>/.<category>.tmp-XXXX`` and renamed into place, so the
+    Generated into ``<root>/.<category>.tmp-<random>`` and renamed into place, so the
     folder is either absent or complete. An existing non-empty folder is an error
     unless ``overwrite=True``.
     """
