@@ -13,8 +13,8 @@ import torch
 from tqdm import tqdm
 
 from .artifacts import load_artifact, save_artifact
-from .config import plain
 from .backbones import ViTFeatures
+from .config import plain
 from .mahalanobis import GaussianAccumulator, mahalanobis
 from .ops import gaussian_blur, grid_side, resize_bilinear, resize_images
 

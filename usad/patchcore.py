@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .artifacts import load_artifact, save_artifact
+from .backbones import ResNetFeatures
 from .config import plain
 from .errors import UsadError
-from .backbones import ResNetFeatures
 from .ops import gaussian_blur, grid_side, minmax_normalize, resize_bilinear, resize_images
 from .sampler import GreedyCoresetSampler
 

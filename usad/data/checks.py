@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .dataset import NORMAL_KIND, DatasetError, is_image_file, list_images, mask_path_for
+from .dataset import NORMAL_KIND, DatasetError, list_images, mask_path_for
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ def _ignored(folder: Path) -> int:
     """Files under ``folder`` that the dataset skips (hidden or not an image)."""
     if not folder.is_dir():
         return 0
-    return sum(1 for p in folder.rglob("*") if p.is_file() and not (is_image_file(p) and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts)))
+    return sum(1 for p in folder.rglob("*") if p.is_file()) - len(list_images(folder))
 
 
 def _check_image(path: Path, problems: list[str], converted: list[Path]) -> Image.Image | None:
