@@ -19,7 +19,7 @@ from usad.config import ConfigError, load_config, with_overrides
 from usad.data.checks import check_dataset
 from usad.data.dataset import DatasetError
 from usad.data.synthetic import make_synthetic_coalad
-from usad.pipeline import NonFiniteError, build_branch, evaluate, model_path, train_branch
+from usad.pipeline import NonFiniteError, build_branch, evaluate, load_branches, model_path, train_branch
 
 from conftest import REPO, TINY_VIT_B, tiny_config
 
@@ -209,3 +209,10 @@ def test_nan_scores_name_the_image():
     scores[4] = np.nan
     with pytest.raises(metrics.MetricError, match="4"):
         metrics.image_auroc(np.array([0, 1, 0, 1, 0, 1]), scores)
+
+
+def test_missing_model_is_reported_before_any_backbone_is_built(tmp_path, coal):
+    # with pretrained weights (offline here) a backbone build would fail first; the model file check comes before it
+    cfg = tiny_config(tmp_path, coal.parent, "coal_ad", "maclu.pretrained=true")
+    with pytest.raises(ArtifactError, match=r"no trained maclu model at .*: run `python train_ma_clu.py` first"):
+        load_branches(cfg, torch.device("cpu"))

@@ -55,8 +55,13 @@ class MA2Patch:
                                     cfg.model_kwargs, key="ma2patch").to(device)
         self.mu = self.inv_cov = None
 
+    @classmethod
+    def fit_config_of(cls, cfg, seed: int | None = None) -> dict:
+        """The config values a model file must have been fitted with."""
+        return {k: plain(cfg[k]) for k in cls.FIT_KEYS}
+
     def fit_config(self) -> dict:
-        return {k: plain(self.cfg[k]) for k in self.FIT_KEYS}
+        return self.fit_config_of(self.cfg)
 
     def fit(self, loader, n_images: int | None = None) -> "MA2Patch":
         """Eq. 11: Gaussian of the mean-pooled patch tokens, streamed over batches."""
@@ -84,7 +89,8 @@ class MA2Patch:
     def save(self, path) -> None:
         save_artifact(path, self.name, self.fit_config(), {"mu": self.mu, "inv_cov": self.inv_cov})
 
-    def load(self, path) -> "MA2Patch":
-        t = load_artifact(path, self.name, self.fit_config(), self.train_hint)["tensors"]
+    def load(self, path, payload: dict | None = None) -> "MA2Patch":
+        """Restore a saved model (``payload``: the file's content, already read and checked)."""
+        t = (payload or load_artifact(path, self.name, self.fit_config(), self.train_hint))["tensors"]
         self.mu, self.inv_cov = t["mu"].to(self.device), t["inv_cov"].to(self.device)
         return self

@@ -68,8 +68,13 @@ class MACLU:
         self.mu = self.inv_cov = self.centers = None
         self.fg = None
 
+    @classmethod
+    def fit_config_of(cls, cfg, seed: int | None = None) -> dict:
+        """The config values a model file must have been fitted with."""
+        return {k: plain(cfg[k]) for k in cls.FIT_KEYS}
+
     def fit_config(self) -> dict:
-        return {k: plain(self.cfg[k]) for k in self.FIT_KEYS}
+        return self.fit_config_of(self.cfg)
 
     # ---------------------------------------------------------------- training
     def fit(self, loader, n_images: int) -> "MACLU":
@@ -128,8 +133,9 @@ class MACLU:
                       {"mu": self.mu, "inv_cov": self.inv_cov, "centers": self.centers},
                       {"fg_cluster": self.fg})
 
-    def load(self, path) -> "MACLU":
-        payload = load_artifact(path, self.name, self.fit_config(), self.train_hint)
+    def load(self, path, payload: dict | None = None) -> "MACLU":
+        """Restore a saved model (``payload``: the file's content, already read and checked)."""
+        payload = payload or load_artifact(path, self.name, self.fit_config(), self.train_hint)
         t = payload["tensors"]
         self.mu, self.inv_cov, self.centers = (t[k].to(self.device) for k in ("mu", "inv_cov", "centers"))
         self.fg = int(payload["info"]["fg_cluster"])

@@ -95,8 +95,13 @@ class PatchCore:
         self.bank = None
         self.train_indices: list[int] = []
 
+    @classmethod
+    def fit_config_of(cls, cfg, seed: int) -> dict:
+        """The config values a model file must have been fitted with (the seed picks the subset and projection)."""
+        return {**{k: plain(cfg[k]) for k in cls.FIT_KEYS}, "seed": seed}
+
     def fit_config(self) -> dict:
-        return {**{k: plain(self.cfg[k]) for k in self.FIT_KEYS}, "seed": self.seed}
+        return self.fit_config_of(self.cfg, self.seed)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) at the branch size -> (B, P, D) patch features."""
@@ -166,8 +171,9 @@ class PatchCore:
         save_artifact(path, self.name, self.fit_config(), {"bank": self.bank},
                       {"train_indices": list(self.train_indices)})
 
-    def load(self, path) -> "PatchCore":
-        payload = load_artifact(path, self.name, self.fit_config(), self.train_hint)
+    def load(self, path, payload: dict | None = None) -> "PatchCore":
+        """Restore a saved model (``payload``: the file's content, already read and checked)."""
+        payload = payload or load_artifact(path, self.name, self.fit_config(), self.train_hint)
         self.bank = payload["tensors"]["bank"].to(self.device)
         self.train_indices = list(payload["info"].get("train_indices", []))
         return self

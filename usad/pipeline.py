@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from .artifacts import load_artifact
 from .backbones import resolve_device
 from .config import add_config_args, config_from_args
 from .data.checks import check_dataset
@@ -95,8 +96,15 @@ def train_branch(branch: str, cfg) -> Path:
     return path
 
 
+BRANCH_CLASSES = {"maclu": MACLU, "ma2patch": MA2Patch, "patchcore": PatchCore}
+
+
 def load_branches(cfg, device: torch.device) -> dict:
-    return {b: build_branch(b, cfg, device).load(model_path(cfg, b)) for b in BRANCHES}
+    """The three trained branches. Every model file is read and checked against the config first,
+    so a missing or mismatched file is reported before any backbone is built or downloaded."""
+    payloads = {b: load_artifact(model_path(cfg, b), b, BRANCH_CLASSES[b].fit_config_of(cfg[b], cfg.seed),
+                                 BRANCH_CLASSES[b].train_hint) for b in BRANCHES}
+    return {b: build_branch(b, cfg, device).load(model_path(cfg, b), payloads[b]) for b in BRANCHES}
 
 
 @dataclass
