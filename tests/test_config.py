@@ -63,6 +63,14 @@ def test_wrong_types_are_rejected_with_the_key(override):
         load_config(None, [override])
 
 
+def test_num_workers_is_auto_or_a_count():
+    assert load_config().data.num_workers == "auto"
+    assert load_config(None, ["data.num_workers=3"]).data.num_workers == 3
+    for bad in ("data.num_workers=-1", "data.num_workers=many", "data.num_workers=1.5"):
+        with pytest.raises(ConfigError, match=r"data\.num_workers"):
+            load_config(None, [bad])
+
+
 def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["maclu.tau"])

@@ -24,6 +24,8 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "coalad.yaml"
 FREE_FORM = {"maclu.model_kwargs", "ma2patch.model_kwargs"}
 # Keys that default to null but take a value of this type.
 NULLABLE = {"cache.dir": str, "patchcore.bank_memmap": str, "maclu.weights": str, "ma2patch.weights": str, "patchcore.weights": str}
+# Keys that take an int or the word "auto".
+INT_OR_AUTO = {"data.num_workers"}
 # Keys restricted to a set of values.
 CHOICES = {"patchcore.bank_dtype": ("float32", "float16"), "cache.dtype": ("float32", "float16")}
 
@@ -78,6 +80,10 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
     if key in NULLABLE:
         if value is not None and not isinstance(value, NULLABLE[key]):
             raise ConfigError(f"config key {key!r} must be a path string or null, got {value!r}")
+        return value
+    if key in INT_OR_AUTO:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"config key {key!r} must be 'auto' or an integer >= 0, got {value!r}")
         return value
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"config key {key!r} must be one of {CHOICES[key]}, got {value!r}")
