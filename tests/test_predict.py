@@ -1,17 +1,23 @@
-"""Detection on your own images (usad.predict, usad.Detector) and the Fig. 9 panels, on the golden models."""
+"""Detection on your own images (usad.predict, usad.Detector), with the models trained on the golden fixture."""
 
 import csv
+import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from usad import Detector
-from usad.figures import save_panels
-from usad.predict import main as predict_main
+from usad.data.dataset import DatasetError
+from usad.pipeline import run_cli
+from usad.predict import main as predict_main, unique_stems
+from usad.report import overlay
 
 from conftest import require_golden
+
+EVAL = 406  # data.eval_size of the golden config
 
 
 @pytest.fixture(scope="module")
@@ -19,60 +25,179 @@ def detector(golden_run):
     return Detector.from_config(golden_run["config"])
 
 
+def eval_score(golden_run, rel: str, key: str = "s_fused") -> float:
+    ours = golden_run["ours"]
+    return float(ours[key][list(ours["files"]).index(rel)])
+
+
 def test_detector_matches_evaluation(golden_run, detector):
     ours = golden_run["ours"]
-    files = [str(require_golden() / "data" / f) for f in ours["files"][:5]]
-    results = detector.predict(files)
-    np.testing.assert_allclose([r.score for r in results], ours["s_fused"][:5], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(results[0].maps["m_fused"], ours["m_fused"][0], atol=1e-5)
+    idx = [0, 2, 9, 13, 15]  # anomalous and normal test images
+    results = detector.predict([require_golden() / "data" / ours["files"][i] for i in idx])
+    for key, attr in (("s_fused", "score"), ("s_obj", "s_obj"), ("s_attr", "s_attr"), ("s_pc", "s_pc")):
+        np.testing.assert_allclose([getattr(r, attr) for r in results], ours[key][idx], atol=1e-4, err_msg=key)
+    for r, i in zip(results, idx):
+        for key in ("m_fused", "m_obj", "m_attr", "m_pc"):
+            np.testing.assert_allclose(r.maps[key], ours[key][i], atol=1e-4, err_msg=key)
 
 
-def test_detector_accepts_pil_and_arrays(detector):
+def test_detector_accepts_paths_pil_and_arrays(detector):
     path = require_golden() / "data" / "test" / "wood" / "000.png"
     pil = Image.open(path)
-    by_path, by_pil, by_array = detector.predict([path, pil, np.asarray(pil.convert("RGB"))])
-    assert by_pil.score == pytest.approx(by_path.score, rel=1e-6)
-    assert by_array.score == pytest.approx(by_path.score, rel=1e-6)
+    rgb = np.asarray(pil.convert("RGB"))
+    by_path, by_str, by_pil, by_array, by_rgba = detector.predict(
+        [path, str(path), pil, rgb, np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])])
+    for r in (by_str, by_pil, by_array, by_rgba):
+        assert r.score == pytest.approx(by_path.score, abs=1e-5)
+        np.testing.assert_allclose(r.maps["m_fused"], by_path.maps["m_fused"], atol=1e-5)
+    assert by_path.original_size == (256, 256)
     assert by_path.anomaly_map().shape == (256, 256)
-    assert by_path.anomaly_map(original_size=False).shape == (406, 406)
+    assert by_path.anomaly_map(original_size=False).shape == (EVAL, EVAL)
+    # one image without a list; a grayscale array is read as RGB with three equal channels
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    (single,) = detector.predict(path)
+    (by_gray,) = detector.predict([gray])
+    (by_gray_rgb,) = detector.predict([np.repeat(gray[..., None], 3, axis=2)])
+    assert single.score == pytest.approx(by_path.score, abs=1e-5)
+    assert by_gray.score == pytest.approx(by_gray_rgb.score, abs=1e-5)
+    assert detector.predict([]) == []
 
 
-def test_predict_folder_mixed_sizes_with_a_corrupt_file(golden_run, tmp_path):
+@pytest.mark.parametrize("bad", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 2), np.uint8), 3, "no_such_file.png"])
+def test_detector_rejects_bad_inputs_clearly(detector, bad):
+    with pytest.raises(DatasetError, match="image|array"):
+        detector.predict([bad])
+
+
+def test_non_square_image_is_stretched_to_the_square_eval_size(detector):
+    """A 300 x 180 image scores as that image stretched (bicubic) to eval_size x eval_size; its map comes back 300 x 180."""
+    img = Image.open(require_golden() / "data" / "test" / "bag" / "002.png").convert("RGB").resize((300, 180), Image.BICUBIC)
+    stretched = img.resize((EVAL, EVAL), Image.BICUBIC)
+    wide, square = detector.predict([img, stretched])
+    assert wide.original_size == (300, 180) and square.original_size == (EVAL, EVAL)
+    assert wide.score == pytest.approx(square.score, abs=1e-5)
+    np.testing.assert_allclose(wide.maps["m_fused"], square.maps["m_fused"], atol=1e-5)
+    m = wide.anomaly_map()
+    assert m.shape == (180, 300)
+    # bilinear resize back, brute force with align_corners=False sampling
+    y, x = (np.arange(180) + 0.5) * EVAL / 180 - 0.5, (np.arange(300) + 0.5) * EVAL / 300 - 0.5
+    y, x = np.clip(y, 0, EVAL - 1), np.clip(x, 0, EVAL - 1)
+    y0, x0 = np.minimum(np.floor(y).astype(int), EVAL - 2), np.minimum(np.floor(x).astype(int), EVAL - 2)
+    wy, wx = (y - y0)[:, None], (x - x0)[None, :]
+    f = wide.maps["m_fused"].astype(np.float64)
+    ref = ((1 - wy) * (1 - wx) * f[np.ix_(y0, x0)] + (1 - wy) * wx * f[np.ix_(y0, x0 + 1)]
+           + wy * (1 - wx) * f[np.ix_(y0 + 1, x0)] + wy * wx * f[np.ix_(y0 + 1, x0 + 1)])
+    np.testing.assert_allclose(m, ref, atol=1e-3 * f.max())
+
+
+@pytest.fixture(scope="module")
+def predicted(golden_run, tmp_path_factory):
+    """usad.predict on a folder of mixed-size images, one of them corrupt, in batches of 3."""
     src = require_golden() / "data" / "test"
-    folder = tmp_path / "belt"
-    folder.mkdir()
-    shutil.copy(src / "metal" / "003.png", folder / "a_square.png")
+    folder = tmp_path_factory.mktemp("belt")
+    (folder / "sub").mkdir()
+    (folder / ".hidden").mkdir()
+    shutil.copy(src / "bag" / "006.png", folder / "a_square.png")                         # anomalous, 256 x 256
+    shutil.copy(src / "good" / "004.png", folder / "e_normal.png")                        # normal, 256 x 256
     Image.open(src / "bag" / "002.png").resize((300, 180)).save(folder / "b_wide.png")
-    Image.open(src / "good" / "000.png").resize((90, 140)).save(folder / "c_tall.jpg")
+    Image.open(src / "good" / "000.png").resize((90, 140)).save(folder / "sub" / "c_tall.jpg")
+    Image.open(src / "good" / "001.png").convert("L").resize((64, 64)).save(folder / "sub" / "e_normal.png")  # same stem
+    Image.new("RGB", (120, 80)).save(folder / "f_black.png")                            # a blank frame
     (folder / "d_corrupt.png").write_bytes((src / "good" / "001.png").read_bytes()[:300])
     (folder / "notes.txt").write_text("not an image")
-    out = tmp_path / "out"
-    rc = predict_main(golden_run["argv"] + ["--threshold", "2.5", "--out", str(out), str(folder)])
-    assert rc == 1  # one image failed, the others are done
+    shutil.copy(src / "good" / "002.png", folder / ".hidden" / "skip.png")
+    shutil.copy(src / "good" / "002.png", folder / ".skip.png")
+    threshold = (eval_score(golden_run, "test/bag/006.png") + eval_score(golden_run, "test/good/004.png")) / 2
+    out = tmp_path_factory.mktemp("predict")
+    argv = golden_run["argv"] + ["--set", "data.batch_size=3", "--threshold", str(threshold), "--out", str(out), str(folder)]
+    rc = predict_main(argv)
     with open(out / "scores.csv") as f:
-        rows = {r["file"].split("/")[-1]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"a_square.png", "b_wide.png", "c_tall.jpg", "d_corrupt.png"}
-    assert rows["d_corrupt.png"]["status"].startswith("error") and "d_corrupt.png" in rows["d_corrupt.png"]["status"]
-    for name, size in (("a_square", (256, 256)), ("b_wide", (300, 180)), ("c_tall", (90, 140))):
-        r = rows[name + (".jpg" if name == "c_tall" else ".png")]
-        assert r["status"] == "ok" and np.isfinite(float(r["score"]))
-        assert r["verdict"] == ("anomalous" if float(r["score"]) > 2.5 else "normal")
-        assert Image.open(out / f"{name}_overlay.png").size == size
-        assert np.load(out / f"{name}_maps.npz")["m_fused"].shape == (406, 406)
-    # the square test image scores as in the evaluation
-    i = list(golden_run["ours"]["files"]).index("test/metal/003.png")
-    assert float(rows["a_square.png"]["score"]) == pytest.approx(float(golden_run["ours"]["s_fused"][i]), rel=1e-4)
+        rows = {r["file"].removeprefix(str(folder) + "/"): r for r in csv.DictReader(f)}
+    return {"rc": rc, "rows": rows, "out": out, "folder": folder, "threshold": threshold}
 
 
-def test_panels(golden_run, tmp_path):
-    ours = golden_run["ours"]
+OK_FILES = {"a_square.png": (256, 256), "b_wide.png": (300, 180), "e_normal.png": (256, 256),
+            "f_black.png": (120, 80), "sub/c_tall.jpg": (90, 140), "sub/e_normal.png": (64, 64)}
 
-    class Preds:  # the fields save_panels reads, from the saved predictions file
-        files = list(ours["files"])
-        mask = ours["mask"]
-        maps = {k: ours[k] for k in ("m_obj", "m_attr", "m_pc", "m_fused")}
 
-    paths = save_panels(tmp_path, require_golden() / "data", Preds, [0, 5])
-    assert [p.name for p in paths] == ["bag_002_panel.png", "good_003_panel.png"]
-    w, h = Image.open(paths[0]).size
-    assert (w, h) == (6 * 406, 406 + 28)
+def output_stem(predicted, name: str) -> str:
+    """File stem, with the parent folder for the two e_normal.png (same stem)."""
+    parent = predicted["folder"].name if "/" not in name else name.split("/")[0]
+    return f"{parent}_e_normal" if name.endswith("e_normal.png") else name.split("/")[-1].rsplit(".", 1)[0]
+
+
+def test_predict_folder_scan_and_exit_status(predicted):
+    assert predicted["rc"] == 1  # one image failed, the others are done
+    assert set(predicted["rows"]) == set(OK_FILES) | {"d_corrupt.png"}  # hidden and non-image files ignored
+    assert list(predicted["rows"]) == sorted(predicted["rows"], key=lambda f: f.split("/"))
+
+
+def test_corrupt_file_is_reported_and_the_others_are_kept(predicted, capsys):
+    bad = predicted["rows"]["d_corrupt.png"]
+    assert bad["status"].startswith("error: cannot read image") and "d_corrupt.png" in bad["status"]
+    assert bad["score"] == "" and bad["verdict"] == ""
+    assert not list(predicted["out"].glob("d_corrupt*"))
+    js = {r["file"].removeprefix(str(predicted["folder"]) + "/"): r
+          for r in json.loads((predicted["out"] / "scores.json").read_text())}
+    assert js["d_corrupt.png"]["score"] is None and js["d_corrupt.png"]["status"] == bad["status"]
+    for name in OK_FILES:
+        assert js[name]["status"] == "ok" and js[name]["score"] == pytest.approx(float(predicted["rows"][name]["score"]))
+
+
+@pytest.mark.parametrize("name", sorted(OK_FILES))
+def test_outputs_per_image(predicted, name):
+    row, out = predicted["rows"][name], predicted["out"]
+    assert row["status"] == "ok"
+    scores = [float(row[k]) for k in ("score", "s_obj", "s_attr", "s_pc")]
+    assert np.isfinite(scores).all()
+    maps = np.load(out / f"{output_stem(predicted, name)}_maps.npz")
+    assert sorted(maps.files) == ["m_attr", "m_fused", "m_obj", "m_pc"]
+    assert all(maps[k].shape == (EVAL, EVAL) and np.isfinite(maps[k]).all() for k in maps.files)
+    # the overlay is the fused map, resized to the original width x height, over the original image
+    original = np.asarray(Image.open(predicted["folder"] / name).convert("RGB"))
+    written = cv2.cvtColor(cv2.imread(str(out / f"{output_stem(predicted, name)}_overlay.png")), cv2.COLOR_BGR2RGB)
+    assert written.shape[1::-1] == OK_FILES[name]
+    expected = overlay(original, cv2.resize(maps["m_fused"], OK_FILES[name], interpolation=cv2.INTER_LINEAR))
+    assert np.abs(written.astype(int) - expected).max() <= 1
+
+
+def test_scores_and_verdicts(golden_run, predicted):
+    rows, t = predicted["rows"], predicted["threshold"]
+    # unchanged test images score exactly as in the evaluation
+    assert float(rows["a_square.png"]["score"]) == pytest.approx(eval_score(golden_run, "test/bag/006.png"), abs=1e-4)
+    assert float(rows["e_normal.png"]["score"]) == pytest.approx(eval_score(golden_run, "test/good/004.png"), abs=1e-4)
+    assert rows["a_square.png"]["verdict"] == "anomalous" and rows["e_normal.png"]["verdict"] == "normal"
+    for name in OK_FILES:
+        assert rows[name]["verdict"] == ("anomalous" if float(rows[name]["score"]) > t else "normal")
+
+
+def test_printed_table(golden_run, tmp_path, capsys):
+    image = require_golden() / "data" / "test" / "good" / "004.png"
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    rc = predict_main(golden_run["argv"] + ["--out", str(tmp_path / "o"), str(image), str(bad)])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "score" in text and "s_attr" in text
+    assert f"{eval_score(golden_run, 'test/good/004.png'):.4f}" in text
+    assert f"{bad}" in text and "error: cannot read image" in text
+    assert (tmp_path / "o" / "004_overlay.png").is_file()
+
+
+def test_config_and_input_errors_exit_2(golden_run, tmp_path):
+    image = str(require_golden() / "data" / "test" / "good" / "004.png")
+    no_models = golden_run["argv"] + ["--set", f"paths.models={tmp_path / 'none'}", "--out", str(tmp_path / "o"), image]
+    assert run_cli(predict_main, no_models) == 2
+    assert run_cli(predict_main, golden_run["argv"] + [str(tmp_path / "missing.png")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(predict_main, golden_run["argv"] + [str(empty)]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_unique_output_names():
+    from pathlib import Path
+    files = [Path("x/a.png"), Path("y/a.png"), Path("x/a.jpg"), Path("b.png"), Path("x/a.png")]
+    names = unique_stems(files)
+    assert len(set(names)) == len(names)
+    assert names[3] == "b"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -61,14 +62,26 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read as UTF-8 text: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError) as e:  # too deep / too many digits: PyYAML raises these raw
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _is_finite(x: int | float) -> bool:
+    """A finite float (ints too large for a float are not)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _check_value(key: str, value: Any, default: Any) -> Any:
@@ -92,7 +105,7 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _is_finite(value)
         if ok:
             value = float(value)
     elif isinstance(default, str):
@@ -131,7 +144,7 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, RecursionError, ValueError) as e:  # too deep / too many digits: PyYAML raises these raw
         raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
     out: dict = {}
     node = out

@@ -1,15 +1,17 @@
-"""The trained detector as a small Python API, for images of any size.
+"""The trained detector as a small Python API, for images of any size and aspect ratio.
 
     from usad import Detector, load_config
     detector = Detector.from_config(load_config("configs/coalad.yaml"))
     for r in detector.predict(["belt_0001.png", pil_image, uint8_array]):
         print(r.source, r.score, r.anomaly_map().shape)
 
-Each image goes through the same test transform as evaluation: converted to
-RGB, resized to a square ``data.eval_size`` (bicubic; non-square images are
-stretched, since the branches need square patch grids), normalised. Maps come
-back at the evaluation size; ``anomaly_map()`` resizes the fused map back to
-the image's own size (bilinear) for overlays.
+Each image goes through exactly the evaluation's test transform: converted to
+RGB, resized to a square ``data.eval_size x data.eval_size`` (PIL bicubic),
+ImageNet-normalised. A non-square image is therefore *stretched* to a square:
+the branches resize that square to their own square inputs (their patch grids
+are square), as they do for the test set. Scores and maps are computed at the
+evaluation size; ``anomaly_map()`` resizes the fused map back to the image's
+own width x height (bilinear) so it lines up with the original for overlays.
 """
 
 from __future__ import annotations
@@ -26,39 +28,51 @@ from .backbones import resolve_device
 from .data.dataset import DatasetError, load_rgb, test_transform
 from .pipeline import check_finite, load_branches, predict_batch
 
+MAP_KEYS = ("m_fused", "m_obj", "m_attr", "m_pc")
+
 
 @dataclass
 class DetectionResult:
-    source: str
+    source: str                           # the path, or a description of an in-memory image
     original_size: tuple[int, int]        # (width, height) of the input image
-    score: float                          # fused image score (Eq. 22)
-    s_obj: float
-    s_attr: float
-    s_pc: float
-    maps: dict[str, np.ndarray] = field(repr=False)  # m_fused, m_obj, m_attr, m_pc at the evaluation size
+    score: float                          # fused image score s (Eq. 22-23)
+    s_obj: float                          # MACLU object score
+    s_attr: float                         # MA2Patch attribute score
+    s_pc: float                           # PatchCore score
+    maps: dict[str, np.ndarray] = field(repr=False)  # m_fused, m_obj, m_attr, m_pc, float32, eval size x eval size
 
     def anomaly_map(self, original_size: bool = True) -> np.ndarray:
-        """The fused map, at the image's own size (default) or at the evaluation size."""
+        """The fused map M: at the image's own size, height x width (default), or at the evaluation size."""
         m = self.maps["m_fused"]
         if not original_size:
             return m
-        return cv2.resize(m, self.original_size, interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(m, self.original_size, interpolation=cv2.INTER_LINEAR)  # cv2 takes (width, height)
 
 
 def to_rgb(image) -> tuple[Image.Image, str]:
-    """A path, PIL image or HxW(x3/4) uint8 array as an RGB PIL image, with a name for it."""
+    """A path, PIL image or HxW / HxWx1 / HxWx3 / HxWx4 uint8 array as an RGB PIL image, with a name for it."""
     if isinstance(image, (str, Path)):
         return load_rgb(Path(image)), str(image)
     if isinstance(image, Image.Image):
-        return image.convert("RGB"), "<PIL image>"
+        name = getattr(image, "filename", "") or f"<PIL image {image.size[0]}x{image.size[1]}>"
+        try:
+            return image.convert("RGB"), name
+        except Exception as e:  # e.g. a lazily opened file that turns out truncated
+            raise DatasetError(f"cannot read image {name}: {type(e).__name__}: {e}") from None
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise DatasetError(f"array images must be HxW or HxWx3 uint8, got {image.dtype} {image.shape}")
-        return Image.fromarray(image).convert("RGB"), "<array>"
+        ok = image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)))
+        if not ok or 0 in image.shape:
+            raise DatasetError(f"array images must be HxW or HxWx3 (RGB) uint8, got {image.dtype} of shape {image.shape}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
+        h, w = image.shape[:2]
+        return Image.fromarray(np.ascontiguousarray(image)).convert("RGB"), f"<array {w}x{h}>"
     raise DatasetError(f"cannot use a {type(image).__name__} as an image: give a path, a PIL image or a uint8 array")
 
 
 class Detector:
+    """The three trained branches and their fusion, applied to arbitrary images."""
+
     def __init__(self, cfg, branches: dict | None = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -67,25 +81,35 @@ class Detector:
 
     @classmethod
     def from_config(cls, cfg) -> "Detector":
-        """Load the three trained branches named by ``cfg`` (paths.models / data.category)."""
+        """Load the branches trained under ``cfg`` (``<paths.models>/<data.category>/*.pt``) on ``cfg.device``."""
         return cls(cfg)
 
     @torch.no_grad()
-    def predict(self, images: list) -> list[DetectionResult]:
-        """Detect anomalies in a list of images (batched by ``data.batch_size``)."""
-        loaded = [to_rgb(im) for im in images]
+    def predict_rgb(self, images: list[Image.Image], names: list[str]) -> list[DetectionResult]:
+        """One batch of RGB PIL images through the test transform, the branches and fusion."""
+        x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        out = predict_batch(self.branches, x, self.cfg)
+        check_finite(out, names)
+        maps = {k: out[k].float().cpu().numpy() for k in MAP_KEYS}
+        scores = {k: out[k].double().cpu().numpy() for k in ("s_fused", "s_obj", "s_attr", "s_pc")}
+        return [DetectionResult(source=name, original_size=im.size, score=float(scores["s_fused"][j]),
+                                s_obj=float(scores["s_obj"][j]), s_attr=float(scores["s_attr"][j]),
+                                s_pc=float(scores["s_pc"][j]), maps={k: maps[k][j] for k in MAP_KEYS})
+                for j, (im, name) in enumerate(zip(images, names))]
+
+    def predict(self, images) -> list[DetectionResult]:
+        """Detect anomalies in a list of images (paths, PIL images, uint8 arrays), one result per image.
+
+        A single image is accepted too (the list then has one result). Images are
+        read one batch of ``data.batch_size`` at a time; an unreadable one raises
+        ``DatasetError`` naming it (``usad.predict`` skips such files instead).
+        """
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            images = [images]
+        images = list(images)
         results = []
         bs = self.cfg.data.batch_size
-        for start in range(0, len(loaded), bs):
-            chunk = loaded[start:start + bs]
-            x = torch.stack([self.transform(im) for im, _ in chunk]).to(self.device)
-            out = predict_batch(self.branches, x, self.cfg)
-            check_finite(out, [name for _, name in chunk])
-            for j, (im, name) in enumerate(chunk):
-                results.append(DetectionResult(
-                    source=name, original_size=im.size,
-                    score=float(out["s_fused"][j]), s_obj=float(out["s_obj"][j]),
-                    s_attr=float(out["s_attr"][j]), s_pc=float(out["s_pc"][j]),
-                    maps={k: out[k][j].float().cpu().numpy() for k in ("m_fused", "m_obj", "m_attr", "m_pc")},
-                ))
+        for start in range(0, len(images), bs):
+            loaded = [to_rgb(im) for im in images[start:start + bs]]
+            results += self.predict_rgb([im for im, _ in loaded], [name for _, name in loaded])
         return results

@@ -194,7 +194,7 @@ def evaluate(cfg, branches: dict | None = None, keep_branch_maps: bool = True, k
     """Run every test image through the loaded branches and fusion."""
     device = resolve_device(cfg.device)
     root = category_dir(cfg)
-    check_dataset(root, splits=("test",))
+    check_dataset(root, cfg.data.eval_size, splits=("test",))
     branches = branches or load_branches(cfg, device)
     dataset = TestDataset(root, cfg.data.eval_size)
     cache, fingerprints = make_cache(cfg)

@@ -2,13 +2,18 @@
 
     python -m usad.predict --config configs/coalad.yaml [--set KEY=VALUE] [--threshold T] [--out DIR] IMAGE_OR_FOLDER...
 
-Folders are scanned for images (sorted; hidden and non-image files ignored).
-Per image, in --out (default <paths.results>/<category>/predict/):
-<name>_overlay.png (fused map over the image at its own size) and
-<name>_maps.npz (fused and branch maps at the evaluation size); for all
-images, scores.csv and scores.json (file, status, score, s_obj, s_attr, s_pc,
-and verdict with --threshold). An unreadable image is reported and skipped;
-the others are still processed (exit status 1 if any failed).
+Folders are scanned for images, recursively (sorted; hidden and non-image files
+ignored). Images of any size and aspect ratio work: each is stretched to the
+square evaluation size like the test images (see usad.detector). Per image, in
+--out (default <paths.results>/<category>/predict/): <name>_overlay.png (fused
+map, min-max scaled, over the image at its own size) and <name>_maps.npz
+(m_fused, m_obj, m_attr, m_pc at the evaluation size); for all images
+scores.csv and scores.json (file, status, score, s_obj, s_attr, s_pc, and
+verdict with --threshold: "anomalous" when score > T). <name> is the file stem,
+made unique when two inputs share one. An unreadable image is reported (status
+"error: ...") and skipped; the others are still processed, and the exit status
+is 1. Config or model problems, an input path that does not exist, or no
+image at all among the inputs stop the run before any work (exit status 2).
 """
 
 from __future__ import annotations
@@ -50,18 +55,34 @@ def gather(inputs: list[str]) -> list[Path]:
 
 
 def unique_stems(files: list[Path]) -> list[str]:
-    """Output names: the file stem, made unique with the parent folder when two stems collide."""
-    stems = [f.stem for f in files]
-    return [f"{f.parent.name}_{f.stem}" if stems.count(f.stem) > 1 else f.stem for f in files]
+    """Output names: the file stem; where stems collide, the parent folder and the extension are added,
+    then a counter, so no two inputs write to the same file."""
+    def candidates(f: Path):
+        yield f.stem
+        yield f"{f.parent.name}_{f.stem}"
+        yield f"{f.parent.name}_{f.stem}_{f.suffix.lstrip('.')}"
+
+    names = [f.stem for f in files]
+    for level in (1, 2):
+        clash = {n for n in names if names.count(n) > 1}
+        names = [list(candidates(f))[level] if n in clash else n for f, n in zip(files, names)]
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return unique
 
 
 def write_table(out: Path, rows: list[dict]) -> None:
+    """scores.csv (empty cells for missing values) and scores.json (null for them), atomically."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS)
     w.writeheader()
     w.writerows(rows)
+    as_json = [{k: (None if v == "" else v) for k, v in r.items()} for r in rows]
     atomic_write(out / "scores.csv", lambda tmp: tmp.write_text(buf.getvalue()))
-    atomic_write(out / "scores.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=2) + "\n"))
+    atomic_write(out / "scores.json", lambda tmp: tmp.write_text(json.dumps(as_json, indent=2) + "\n"))
 
 
 def save_maps(path: Path, maps: dict[str, np.ndarray]) -> None:
@@ -87,7 +108,8 @@ def predict_files(detector: Detector, files: list[Path], out: Path, threshold: f
                 log.error("%s", e)
         if not batch:
             continue
-        for (i, image), r in zip(batch, detector.predict([image for _, image in batch])):
+        results = detector.predict_rgb([image for _, image in batch], [str(files[i]) for i, _ in batch])
+        for (i, image), r in zip(batch, results):
             rows[i].update(status="ok", score=r.score, s_obj=r.s_obj, s_attr=r.s_attr, s_pc=r.s_pc)
             if threshold is not None:
                 rows[i]["verdict"] = "anomalous" if r.score > threshold else "normal"
@@ -98,12 +120,16 @@ def predict_files(detector: Detector, files: list[Path], out: Path, threshold: f
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'file':40s} {'score':>10s}  verdict / status"]
+    """The scores as a plain-text table; failed images show their reason."""
+    width = max([len("file")] + [len(r["file"]) for r in rows])
+    head = f"{'file':{width}s}  {'score':>9s}  {'s_obj':>9s}  {'s_attr':>9s}  {'s_pc':>9s}  verdict / status"
+    lines = [head, "-" * len(head)]
     for r in rows:
         if r["status"] == "ok":
-            lines.append(f"{Path(r['file']).name:40s} {r['score']:10.4f}  {r['verdict'] or ''}")
+            nums = "  ".join(f"{r[k]:9.4f}" for k in ("score", "s_obj", "s_attr", "s_pc"))
+            lines.append(f"{r['file']:{width}s}  {nums}  {r['verdict']}")
         else:
-            lines.append(f"{Path(r['file']).name:40s} {'-':>10s}  {r['status']}")
+            lines.append(f"{r['file']:{width}s}  {'-':>9s}  {'-':>9s}  {'-':>9s}  {'-':>9s}  {r['status']}")
     return "\n".join(lines)
 
 
@@ -120,8 +146,12 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else results_dir(cfg) / "predict"
     rows = predict_files(Detector.from_config(cfg), files, out, args.threshold)
     print(format_rows(rows))
-    log.info("results in %s (scores.csv, *_overlay.png, *_maps.npz)", out)
-    return 1 if any(r["status"] != "ok" for r in rows) else 0
+    log.info("results in %s (scores.csv, scores.json, *_overlay.png, *_maps.npz)", out)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        log.error("%d of %d images could not be processed (see the status column of %s)",
+                  len(failed), len(rows), out / "scores.csv")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
