@@ -63,6 +63,14 @@ def test_wrong_types_are_rejected_with_the_key(override):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("override", ["data.batch_size=0", "maclu.image_size=0", "maclu.n_clusters=1",
+                                      "patchcore.coreset_ratio=1.5", "patchcore.train_ratio=-0.1", "patchcore.k_nearest=1"])
+def test_out_of_range_values_are_rejected_with_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*must be in"):
+        load_config(None, [override])
+
+
 def test_num_workers_is_auto_or_a_count():
     assert load_config().data.num_workers == "auto"
     assert load_config(None, ["data.num_workers=3"]).data.num_workers == 3

@@ -25,6 +25,15 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "coalad.yaml"
 FREE_FORM = {"maclu.model_kwargs", "ma2patch.model_kwargs"}
 # Keys that default to null but take a value of this type.
 NULLABLE = {"cache.dir": str, "patchcore.bank_memmap": str, "maclu.weights": str, "ma2patch.weights": str, "patchcore.weights": str}
+# Numeric keys with a valid range (inclusive bounds; None = open), checked after the type.
+RANGES = {
+    "data.batch_size": (1, None), "data.eval_size": (14, None),
+    "maclu.image_size": (14, None), "ma2patch.image_size": (14, None), "patchcore.image_size": (32, None),
+    "maclu.n_clusters": (2, None), "patchcore.k_nearest": (2, None),
+    "maclu.sigma": (0.0, None), "ma2patch.sigma": (0.0, None), "patchcore.sigma": (0.0, None),
+    "maclu.cov_eps": (0.0, None), "ma2patch.cov_eps": (0.0, None), "fusion.blur_ksize": (1, None),
+    "patchcore.train_ratio": (0.0, 1.0), "patchcore.coreset_ratio": (0.0, 1.0), "patchcore.projection_eps": (0.0, 1.0),
+}
 # Keys that take an int or the word "auto".
 INT_OR_AUTO = {"data.num_workers"}
 # Keys restricted to a set of values.
@@ -117,6 +126,10 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
             f"config key {key!r} must be of type {type(default).__name__} (default {default!r}), "
             f"got {type(value).__name__} {value!r}"
         )
+    if key in RANGES:
+        lo, hi = RANGES[key]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"config key {key!r} must be in [{lo}, {'inf' if hi is None else hi}], got {value!r}")
     return value
 
 

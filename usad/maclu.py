@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .artifacts import load_artifact, save_artifact
 from .backbones import ViTFeatures
-from .config import plain
+from .config import ConfigError, plain
 from .mahalanobis import GaussianAccumulator, mahalanobis
 from .ops import gaussian_blur, grid_side, minmax_normalize, resize_bilinear, resize_images
 
@@ -61,7 +61,7 @@ class MACLU:
 
     def __init__(self, cfg, device: torch.device):
         if cfg.n_clusters != 2:
-            raise ValueError(f"maclu.n_clusters = {cfg.n_clusters}: Eq. 6 needs exactly 2 clusters (belt and coal)")
+            raise ConfigError(f"maclu.n_clusters = {cfg.n_clusters}: Eq. 6 needs exactly 2 clusters (belt and coal)")
         self.cfg, self.device = cfg, device
         self.backbone = ViTFeatures(cfg.backbone, cfg.image_size, cfg.pretrained, cfg.weights,
                                     cfg.model_kwargs, key="maclu").to(device)

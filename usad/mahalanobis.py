@@ -12,6 +12,8 @@ import logging
 
 import torch
 
+from .errors import UsadError
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class GaussianAccumulator:
     def finalize(self, eps: float, name: str = "features") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mu, Sigma, Sigma^-1) in float32."""
         if self.n < 2:
-            raise ValueError(f"{name}: a covariance needs at least 2 training images, got {self.n}")
+            raise UsadError(f"{name}: a covariance needs at least 2 training images, got {self.n}; add normal images")
         mu = self.sum / self.n
         cov = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
         dim = cov.shape[0]

@@ -18,7 +18,7 @@ from .artifacts import load_artifact
 from .backbones import resolve_device
 from .config import add_config_args, config_from_args
 from .data.checks import check_dataset
-from .data.dataset import TestDataset, TrainDataset, make_loader, train_samples
+from .data.dataset import DatasetError, TestDataset, TrainDataset, make_loader, train_samples
 from .errors import UsadError
 from .fusion import fuse, to_eval_size
 from .ma2patch import MA2Patch
@@ -79,6 +79,9 @@ def fit_branch(branch: str, cfg, device: torch.device | None = None):
     dataset = TrainDataset(root, size, samples)
     if branch == "patchcore":
         model.train_indices = training_subset(len(samples), cfg.patchcore.train_ratio, cfg.seed)
+        if not model.train_indices:
+            raise DatasetError(f"patchcore.train_ratio = {cfg.patchcore.train_ratio} of {len(samples)} training images "
+                               f"selects none: use more images or a larger ratio")
         dataset = Subset(dataset, model.train_indices)
         log.info("PatchCore: %d of %d training images (train_ratio=%g, seed=%d)",
                  len(dataset), len(samples), cfg.patchcore.train_ratio, cfg.seed)
