@@ -55,3 +55,20 @@ def test_changed_image_or_setting_misses_the_cache(golden_run, cached_cfg, tmp_p
         evaluate(cached_cfg)
     assert calls.calls == 3  # the first batch (holding that image) is recomputed, once per backbone
     assert len(set((tmp_path / "cache").rglob("*.pt")) - key_files_before) == 3  # new entries for that image only
+
+
+def test_changed_cache_dtype_misses_the_cache(golden_run, cached_cfg, tmp_path):
+    """float32 and float16 entries are different keys: neither is served for the other."""
+    evaluate(cached_cfg)  # float32 entries for every image
+    half = with_overrides(cached_cfg, "cache.dtype=float16")
+    with BackboneCalls() as calls:
+        b = evaluate(half)
+    n_batches = -(-len(golden_run["ours"]["label"]) // cached_cfg.data.batch_size)
+    assert calls.calls == 3 * n_batches  # every backbone ran again
+    entries = list((tmp_path / "cache").rglob("*.pt"))
+    assert len(entries) == 2 * 3 * len(b.label)  # both dtypes kept side by side
+    stored = {dtype for p in entries for dtype in (v.dtype for v in torch.load(p, weights_only=True).values())}
+    assert stored == {torch.float32, torch.float16}
+    with BackboneCalls() as calls:
+        evaluate(half)
+    assert calls.calls == 0  # and a float16 rerun hits its own entries

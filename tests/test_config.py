@@ -84,3 +84,49 @@ def test_malformed_override_and_missing_file(tmp_path):
         load_config(None, ["maclu.tau"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("maclu.cov_eps=0", "(0.0, inf), got 0.0"), ("ma2patch.cov_eps=-1.0e-6", "(0.0, inf), got -1e-06"),
+    ("patchcore.projection_eps=0", "(0.0, 1.0), got 0.0"), ("patchcore.projection_eps=1", "(0.0, 1.0), got 1.0"),
+    ("data.batch_size=0", "[1, inf), got 0"), ("patchcore.coreset_ratio=1.5", "[0.0, 1.0], got 1.5"),
+])
+def test_range_bounds_inclusive_and_exclusive(override, shown):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == f"config key {key!r} must be in {shown}"
+
+
+def test_values_at_and_next_to_the_bounds_are_accepted():
+    cfg = load_config(None, ["maclu.cov_eps=1.0e-12", "patchcore.projection_eps=0.999", "patchcore.coreset_ratio=1",
+                             "patchcore.train_ratio=0", "maclu.sigma=0", "data.batch_size=1"])
+    assert cfg.maclu.cov_eps == 1e-12 and cfg.patchcore.projection_eps == 0.999 and cfg.patchcore.coreset_ratio == 1.0
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("{depth:2}", "'depth:2' is not a keyword argument name. YAML needs a space after each colon: "
+                  "write maclu.model_kwargs=\"{depth: 2}\", not {depth:2}"),
+    ("{depth:2, embed_dim: 16}", "'depth:2' is not a keyword argument name"),
+    ("{depth: }", "'depth' has no value (null)"),
+    ("{depth: null}", "'depth' has no value (null)"),
+    ("{1: 2}", "1 is not a keyword argument name"),
+])
+def test_model_kwargs_without_values_are_rejected(value, shown):
+    # timm drops keyword arguments whose value is None: {depth:2} would silently train a full-size ViT
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"maclu.model_kwargs={value}"])
+    assert str(err.value).startswith("config key 'maclu.model_kwargs': ") and shown in str(err.value)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_forms_accepted_by_the_config(device):
+    assert load_config(None, [f"device={device}"]).device == device
+
+
+@pytest.mark.parametrize("device", ["banana", "CUDA", "cuda:", "cuda:x", "cuda:-1", "gpu", "cpu "])
+def test_bad_device_names_the_key_and_the_choices(device):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"device='{device}'"])
+    assert str(err.value) == (f"config key 'device' must be one of auto | cpu | cuda | cuda:N (N = GPU index, "
+                              f"e.g. cuda:0), got {device!r}")

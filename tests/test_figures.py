@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import test_fusion
+from test_fusion import pick_images
 from usad.figures import BAR_HEIGHT, save_panels
 from usad.pipeline import Predictions
 
@@ -93,3 +95,34 @@ def test_panels_need_the_branch_maps(golden_preds, tmp_path):
     fused_only = predictions(golden_preds.files, golden_preds.label, {"m_fused": golden_preds.maps["m_fused"]}, golden_preds.mask)
     with pytest.raises(ValueError, match="m_obj"):
         save_panels(tmp_path, require_golden() / "data", fused_only, [0])
+
+
+def test_default_selection_mixes_anomalous_and_normal_images(golden_run):
+    """The golden run saved --heatmaps 2 and the default 4 panels: half of each are normal test images."""
+    results = golden_run["tmp"] / "results" / "data"
+    heatmaps = sorted(p.name for p in (results / "heatmaps").glob("*.png"))
+    panels = sorted(p.name for p in (results / "panels").glob("*.png"))
+    assert heatmaps == ["bag_002.png", "good_000.png"]  # the first anomalous and the first normal image
+    assert panels == ["bag_002_panel.png", "bag_006_panel.png", "good_000_panel.png", "good_001_panel.png"]
+
+
+def test_pick_images():
+    labels = np.array([1, 1, 0, 1, 0, 0, 0, 0, 1])
+    assert pick_images(labels, "0") == []
+    assert pick_images(labels, "1") == [0]
+    assert pick_images(labels, "2") == [0, 2]
+    assert pick_images(labels, "4") == [0, 1, 2, 4]
+    assert pick_images(labels, "8") == [0, 1, 2, 3, 4, 5, 6, 8]  # 4 anomalous (all there are), then normal ones fill in
+    assert pick_images(labels, "20") == pick_images(labels, "all") == list(range(9))
+    assert pick_images(np.zeros(3, int), "2") == [0, 1]
+
+
+@pytest.mark.parametrize("option", ["--heatmaps", "--panels"])
+@pytest.mark.parametrize("value", ["eight", "-1", "2.5", ""])
+def test_bad_image_counts_fail_at_parse_time(golden_run, monkeypatch, capsys, option, value):
+    monkeypatch.setattr(test_fusion, "evaluate", lambda *a, **k: pytest.fail("evaluated before the options were checked"))
+    with pytest.raises(SystemExit) as e:
+        test_fusion.main(golden_run["argv"] + [option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "number of images" in err and repr(value) in err

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import shutil
 
 import cv2
@@ -12,10 +13,12 @@ from PIL import Image
 from usad import Detector
 from usad.data.dataset import DatasetError
 from usad.pipeline import run_cli
-from usad.predict import main as predict_main, unique_stems
+from usad.figures import BAR_HEIGHT
+from usad.predict import gather, main as predict_main, unique_stems
 from usad.report import overlay
 
 from conftest import require_golden
+from test_figures import assert_jet
 
 EVAL = 406  # data.eval_size of the golden config
 
@@ -159,6 +162,14 @@ def test_outputs_per_image(predicted, name):
     assert written.shape[1::-1] == OK_FILES[name]
     expected = overlay(original, cv2.resize(maps["m_fused"], OK_FILES[name], interpolation=cv2.INTER_LINEAR))
     assert np.abs(written.astype(int) - expected).max() <= 1
+    # the maps PNG: the input as the detector saw it (stretched, bicubic) and each map on its range over this image
+    row = cv2.cvtColor(cv2.imread(str(out / f"{output_stem(predicted, name)}_maps.png")), cv2.COLOR_BGR2RGB)
+    assert row.shape == (EVAL + 2 * BAR_HEIGHT, 5 * EVAL, 3)
+    tile = lambda k: row[BAR_HEIGHT:BAR_HEIGHT + EVAL, k * EVAL:(k + 1) * EVAL]
+    np.testing.assert_array_equal(tile(0), np.asarray(Image.fromarray(original).resize((EVAL, EVAL), Image.BICUBIC)))
+    for k, key in enumerate(("m_obj", "m_attr", "m_pc", "m_fused")):
+        m = maps[key]
+        assert_jet(tile(1 + k), m, min(0.0, float(m.min())), max(float(m.max()), min(0.0, float(m.min())) + 1e-12), key)
 
 
 def test_scores_and_verdicts(golden_run, predicted):
@@ -193,6 +204,25 @@ def test_config_and_input_errors_exit_2(golden_run, tmp_path):
     empty.mkdir()
     assert run_cli(predict_main, golden_run["argv"] + [str(empty)]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_skipped_files_are_reported(tmp_path, caplog):
+    src = require_golden() / "data" / "test" / "good" / "000.png"
+    shutil.copy(src, tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    shutil.copy(src, tmp_path / "sub" / "b.JPG2")
+    for k in range(6):
+        (tmp_path / f"notes{k}.txt").write_text("not an image")
+    (tmp_path / ".hidden.txt").write_text("hidden: ignored without a word")
+    with caplog.at_level(logging.WARNING, logger="usad"):
+        assert gather([str(tmp_path)]) == [tmp_path / "a.png"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "skipped 7 file(s) without an image extension" in line and ".png" in line
+    assert "notes0.txt, notes1.txt, notes2.txt, notes3.txt, notes4.txt, ..." in line and ".hidden" not in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="usad"):
+        gather([str(tmp_path / "sub")])
+    assert "skipped 1 file(s)" in caplog.text and "b.JPG2" in caplog.text
 
 
 def test_unique_output_names():

@@ -1,14 +1,17 @@
 """Bad input gets a clear error naming the file, and nothing is lost (issue: robustness and safety)."""
 
 import hashlib
+import io
 import logging
 import os
 import pickle
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from usad.data.checks import check_dataset
 from usad.data import dataset as ds
 from usad.data.dataset import DatasetError
 from usad.data.synthetic import make_synthetic_coalad
+from usad.errors import UsadError
 from usad.mahalanobis import GaussianAccumulator, mahalanobis
 from usad.ops import minmax_normalize
 from usad.pipeline import NonFiniteError, build_branch, evaluate, load_branches, model_path, run_cli, train_branch
@@ -124,6 +128,29 @@ def test_missing_category_folder(tmp_path):
         check_dataset(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("remove, expected", [
+    ("anomalous", "{r}/test: only normal test images (2 in {r}/test/good); the metrics (AUROC, PRO) need anomalous "
+                  "ones too: add test/<kind>/*.png with masks at ground_truth/<kind>/<name>_mask.png"),
+    ("normal", "{r}/test/good: no normal test images (all 4 are anomalous); the metrics (AUROC, PRO) need normal "
+               "ones too: add normal test images there"),
+])
+def test_one_class_test_split_is_a_problem_before_any_compute(coal, remove, expected):
+    for d in (coal / "test").iterdir():
+        if (d.name == "good") == (remove == "normal"):
+            shutil.rmtree(d)
+    msg = problems_of(coal, splits=("test",))
+    assert msg.startswith("1 problem(s)") and expected.format(r=coal) in msg
+    assert check_dataset(coal, splits=("train",)) == []  # training does not need the test split
+
+
+def test_evaluation_stops_on_a_one_class_test_set_before_loading_models(tmp_path, coal):
+    cfg = tiny_config(tmp_path, coal.parent, "coal_ad")  # no model trained: the dataset check must come first
+    shutil.rmtree(coal / "test" / "good")
+    with pytest.raises(DatasetError, match=r"test/good: no normal test images"):
+        evaluate(cfg)
+    assert not (tmp_path / "results").exists()
+
+
 def test_notes_for_accepted_inputs(coal, caplog):
     good = coal / "train" / "good"
     Image.open(good / "000.png").convert("L").save(good / "000.png")                  # grayscale
@@ -142,8 +169,11 @@ def test_notes_for_accepted_inputs(coal, caplog):
     (coal / "test" / ".cache").mkdir()
     (coal / "test" / ".cache" / "broken.png").write_bytes(b"broken")                  # hidden folder
     (coal / "ground_truth" / "wood" / "999_mask.png").write_bytes(b"orphan")          # mask without image
+    before = tree_hashes(coal)
     with caplog.at_level(logging.WARNING):
         notes = check_dataset(coal, eval_size=96)
+    assert tree_hashes(coal) == before  # accepted as they are: nothing converted or deleted on disk
+    assert {".DS_Store", "readme.txt", "broken.png", "999_mask.png"} <= {p.rsplit("/", 1)[-1] for p in before}
     text = "\n".join(notes)
     assert "3 image(s) not RGB (grayscale/RGBA/palette/CMYK), converted to RGB" in text
     assert "1 image(s) with 16-bit or float pixels, converted to 8-bit RGB by clipping at 255" in text and str(wide) in text
@@ -357,6 +387,115 @@ def test_results_are_written_atomically(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]
 
 
+def write_half_then_interrupt(seen: list):
+    """Fault injection: wrap a library writer so that it writes half of its bytes to the target, then Ctrl-C."""
+    def cut(target, data: bytes) -> None:
+        half = data[: len(data) // 2]
+        if hasattr(target, "write"):
+            target.write(half)
+            target.flush()
+            name = Path(target.name)
+        else:
+            name = Path(target)
+            with open(name, "wb") as out:
+                out.write(half)
+        seen.append((name, len(half), name.stat().st_size))
+        raise KeyboardInterrupt
+
+    return cut
+
+
+@pytest.mark.parametrize("what", ["model", "predictions", "png"])
+def test_ctrl_c_in_the_middle_of_a_write_keeps_the_previous_file(tmp_path, trained, monkeypatch, caplog, what):
+    """Ctrl-C while the library call is half-way through writing: the old file stays, byte for byte, no temp file."""
+    import train_ma2patch
+    from usad.pipeline import Predictions
+    from usad.report import save_predictions, write_png
+
+    seen = []
+    cut = write_half_then_interrupt(seen)
+    if what == "model":
+        target = model_path(trained, "ma2patch")
+        real_save = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            buf = io.BytesIO()
+            real_save(obj, buf, *args, **kwargs)
+            cut(f, buf.getvalue())
+
+        monkeypatch.setattr(torch, "save", save)
+        sets = [f"data.root={tmp_path / 'data'}", "data.download=false", "data.num_workers=0", "device=cpu",
+                "ma2patch.pretrained=false", f"ma2patch.model_kwargs={TINY_VIT_B}", "ma2patch.image_size=84",
+                "ma2patch.cov_eps=1.0e-6", f"paths.models={tmp_path / 'models'}"]
+        write = lambda: run_cli(train_ma2patch.main, [a for x in sets for a in ("--set", x)])  # noqa: E731
+    elif what == "predictions":
+        target = tmp_path / "results" / "predictions.npz"
+
+        def preds(value):
+            n, size = 3, 8
+            return Predictions(files=[f"test/good/{i:03d}.png" for i in range(n)], label=np.array([0, 1, 1]),
+                               scores={k: np.full(n, value, np.float32) for k in ("s_obj", "s_attr", "s_pc", "s_fused", "s_M")},
+                               maps={k: np.full((n, size, size), value, np.float32) for k in ("m_obj", "m_attr", "m_pc", "m_fused")},
+                               mask=np.zeros((n, size, size), np.uint8))
+
+        save_predictions(target, preds(1.0))
+        real_savez = np.savez
+
+        def savez(file, *args, **kwargs):
+            buf = io.BytesIO()
+            real_savez(buf, *args, **kwargs)
+            cut(file, buf.getvalue())
+
+        monkeypatch.setattr(np, "savez", savez)
+        write = lambda: save_predictions(target, preds(2.0))  # noqa: E731
+    else:
+        import pathlib
+        target = tmp_path / "results" / "heatmaps" / "wood_000.png"
+        write_png(target, np.zeros((32, 32, 3), np.uint8))
+        monkeypatch.setattr(pathlib.Path, "write_bytes", lambda self, data: cut(self, bytes(data)))
+        write = lambda: write_png(target, np.full((32, 32, 3), 200, np.uint8))  # noqa: E731
+    before = sha(target)
+    others = sorted(p.name for p in target.parent.iterdir())
+    with caplog.at_level(logging.ERROR):
+        if what == "model":
+            assert write() == 130  # the script's exit status for Ctrl-C
+            assert "interrupted: nothing half-written was kept" in caplog.text
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                write()
+    (tmp, written, size), = seen
+    assert written > 0 and size == written   # the interruption really came in the middle of the file
+    assert tmp.parent == target.parent and tmp != target and not tmp.exists()
+    assert sha(target) == before              # the previous file, byte for byte
+    assert sorted(p.name for p in target.parent.iterdir()) == others  # no temporary file left
+    monkeypatch.undo()
+    if what == "model":
+        load_artifact(target, "ma2patch", {}, "")
+    elif what == "predictions":
+        assert float(np.load(target)["s_obj"][0]) == 1.0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
+def test_written_files_get_the_usual_permissions(tmp_path, umask):
+    """Not mkstemp's 0600: models and results stay readable to the group on a shared cluster (as the umask says)."""
+    from usad.artifacts import save_artifact
+    from usad.report import write_png
+
+    old = os.umask(umask)
+    try:
+        save_artifact(tmp_path / "models" / "maclu.pt", "maclu", {}, {"mu": torch.zeros(3)})
+        write_json(tmp_path / "results" / "metrics.json", {"image_auroc": 0.9})
+        write_png(tmp_path / "results" / "heatmap.png", np.zeros((4, 4, 3), np.uint8))
+        write_json(tmp_path / "results" / "metrics.json", {"image_auroc": 0.8})  # replacing a file: same mode
+        (tmp_path / "plain.txt").write_text("made by open()")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == expected
+    for path in ("models/maclu.pt", "results/metrics.json", "results/heatmap.png"):
+        assert oct(stat.S_IMODE((tmp_path / path).stat().st_mode)) == oct(expected), path
+
+
 # --------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("override, key", [
     ("maclu.tau=high", "'maclu.tau' must be of type float"),
@@ -383,7 +522,89 @@ def test_bad_config_file_named(tmp_path):
         load_config(f)
 
 
+def no_gpu(case):
+    return pytest.param(*case, marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU"),
+                        id=f"{case[0]}-{case[1][0]}")
+
+
+BAD_SETTINGS = [  # (script, --set values, the message's start): each found before any weights or compute
+    ("train_ma_clu", ["maclu.model_kwargs={depht: 2}"],
+     "config key 'maclu.model_kwargs' = {'depht': 2}: timm model 'vit_small_patch14_dinov2.lvd142m' takes no argument 'depht'"),
+    ("train_ma_clu", ["maclu.model_kwargs={depth:2}"],
+     "config key 'maclu.model_kwargs': 'depth:2' is not a keyword argument name. YAML needs a space after each colon"),
+    ("train_ma_clu", ["maclu.backbone=no_such_model", "maclu.pretrained=false"],
+     "config key 'maclu.backbone' = 'no_such_model' is not a timm model"),
+    ("train_ma2patch", ["ma2patch.backbone=no_such_model"], "config key 'ma2patch.backbone' = 'no_such_model' is not a timm model"),
+    ("train_pc", ["patchcore.backbone=no_such_net"], "config key 'patchcore.backbone' = 'no_such_net' is not a torchvision model"),
+    ("train_pc", ["device=banana"], "config key 'device' must be one of auto | cpu | cuda | cuda:N"),
+    no_gpu(("train_ma2patch", ["device=cuda"], "config key 'device' = 'cuda' but no CUDA GPU is available here")),
+    ("train_ma_clu", ["maclu.cov_eps=0"], "config key 'maclu.cov_eps' must be in (0.0, inf), got 0.0"),
+    ("train_pc", ["paths.models=/dev/null/models"],
+     "paths.models = '/dev/null/models' cannot be created: /dev/null is a file, not a folder; choose another paths.models"),
+    ("train_ma2patch", ["ma2patch.image_size=304"],
+     "config key 'ma2patch.image_size' = 304 is not a multiple of the patch size 14 of 'vit_base_patch14_dinov2.lvd142m'; "
+     "use 294 or 308"),
+]
+
+
+@pytest.mark.parametrize("script, sets, message", BAD_SETTINGS,
+                         ids=lambda v: v if isinstance(v, str) and v.startswith("train") else v[0] if isinstance(v, list) else "")
+def test_bad_settings_stop_the_script_with_one_message(tmp_path, coal, caplog, script, sets, message):
+    main = __import__(script).main
+    args = [f"data.root={coal.parent}", "data.download=false", f"paths.models={tmp_path / 'models'}", *sets]
+    with caplog.at_level(logging.INFO):
+        assert run_cli(main, [a for x in args for a in ("--set", x)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+    assert "could not get the pretrained weights" not in caplog.text and "fitting on" not in caplog.text
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("script, bad", [("train_ma_clu", "maclu.model_kwargs={depht: 2}"),
+                                         ("train_ma2patch", "ma2patch.image_size=304"),
+                                         ("train_pc", "patchcore.backbone=no_such_net")])
+def test_backbone_settings_are_checked_before_the_dataset_download(tmp_path, caplog, script, bad):
+    root = tmp_path / "nowhere"  # no CoalAD there: a run that got that far would try to download it
+    argv = ["--set", f"data.root={root}", "--set", "data.download=true", "--set", bad]
+    with caplog.at_level(logging.INFO):
+        assert run_cli(__import__(script).main, argv) == 2
+    assert f"config key '{bad.split('=')[0]}" in caplog.text and "downloading" not in caplog.text
+    assert not root.exists()
+
+
+def test_output_that_cannot_be_written_is_a_clean_error(tmp_path):
+    from usad.artifacts import WriteError, save_artifact
+
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(WriteError, match=f"^cannot write {blocker / 'coal_ad' / 'metrics.json'}: "):
+        write_json(blocker / "coal_ad" / "metrics.json", {"image_auroc": 0.9})
+    with pytest.raises(WriteError, match=f"^cannot write {blocker / 'maclu.pt'}: "):
+        save_artifact(blocker / "maclu.pt", "maclu", {}, {"mu": torch.zeros(2)})
+    assert blocker.read_text() == "a file where a folder should be" and sorted(tmp_path.iterdir()) == [blocker]
+
+
+@pytest.mark.parametrize("script, sets, message", [BAD_SETTINGS[0], BAD_SETTINGS[-1]], ids=["model_kwargs", "image_size"])
+def test_bad_settings_in_a_real_script_run_exit_2_without_traceback(tmp_path, coal, script, sets, message):
+    args = [f"data.root={coal.parent}", "data.download=false", f"paths.models={tmp_path / 'models'}", *sets]
+    proc = subprocess.run([sys.executable, str(REPO / f"{script}.py"), *[a for x in args for a in ("--set", x)]],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "models").exists()
+
+
 # ------------------------------------------------------------------------------------ numerics
+def test_covariance_that_eps_cannot_lift_names_the_key(caplog):
+    acc = GaussianAccumulator(8)
+    acc.update(torch.ones(5, 8, dtype=torch.float64))  # identical features: Sigma = 0 exactly
+    with pytest.raises(UsadError) as err:
+        acc.finalize(1e-300, "MACLU CLS tokens", "maclu.cov_eps")  # > 0, but 0 in float32
+    assert str(err.value).startswith("MACLU CLS tokens: the covariance plus maclu.cov_eps=1e-300 is not invertible")
+    assert "set a larger maclu.cov_eps" in str(err.value)
+    mu, cov, inv = acc.finalize(1e-6, "MACLU CLS tokens", "maclu.cov_eps")  # the paper's eps lifts it
+    assert torch.isfinite(inv).all() and torch.allclose(inv, torch.eye(8) * 1e6)
+
 def test_singular_covariance_gives_finite_scores_and_a_warning(caplog):
     rng = np.random.default_rng(0)
     train = torch.from_numpy(rng.normal(size=(5, 32)))           # 5 images, 32 dimensions: rank <= 4

@@ -8,7 +8,8 @@ Definitions (where the paper is brief, the choices made here):
 - Table 3 (Pixel-AUC, the authors' PRO-AUC, and the standard AU-PRO@0.3).
   Single maps are the branch maps as fusion receives them (at the evaluation
   size, no further blur); every Hadamard product, the pairs and the full
-  product M_fused, gets the same final 5 x 5 blur as M_fused.
+  product M_fused, gets the same final 5 x 5 blur as M_fused. M_fused is multiplied
+  by fusion's own ``product_map``, so its row equals the main evaluation (metrics.json).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .fusion import final_blur, fused_score, hadamard
+from .fusion import final_blur, fused_score, hadamard, product_map
 
 # Paper values (%), ../shared/usad-reference.md Sec. 8.
 PAPER_TABLE2 = {"s_obj": 97.32, "s_pc": 94.27, "s_M": 94.48, "s_obj+s_pc": 98.52,
@@ -43,13 +44,15 @@ def image_scores(scores: dict[str, np.ndarray], fusion_cfg) -> dict[str, np.ndar
 
 
 def pixel_map(name: str, maps: dict[str, np.ndarray], fusion_cfg, chunk: int = 32) -> np.ndarray:
-    """One map of Table 3 for all images: a branch map, or a blurred Hadamard product of branch maps."""
-    parts = [maps[MAP_KEYS[p]] for p in (("M_obj", "M_attr", "M_pc") if name == "M_fused" else name.split("*"))]
-    if len(parts) == 1:
-        return parts[0]
-    out = np.empty_like(parts[0])
+    """One map of Table 3 for all images: a branch map, or a blurred Hadamard product of branch maps
+    (M_fused: fusion's own product, so it equals the evaluation's fused map)."""
+    if name in MAP_KEYS:
+        return maps[MAP_KEYS[name]]
+    product = product_map if name == "M_fused" else hadamard
+    keys = ("m_obj", "m_attr", "m_pc") if name == "M_fused" else [MAP_KEYS[p] for p in name.split("*")]
+    out = np.empty_like(maps[keys[0]])
     for start in range(0, len(out), chunk):  # chunked: one full-size product at a time
-        prod = hadamard(*(torch.from_numpy(p[start:start + chunk]) for p in parts))
+        prod = product(*(torch.from_numpy(maps[k][start:start + chunk]) for k in keys))
         out[start:start + chunk] = final_blur(prod, fusion_cfg).numpy()
     return out
 

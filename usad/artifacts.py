@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,64 @@ class ArtifactError(UsadError, RuntimeError):
     """A saved model that is missing, unreadable, or fitted with another config."""
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a finished file is never half-overwritten."""
+class WriteError(UsadError, OSError):
+    """An output that cannot be written (a folder in the way, no permission, disk full)."""
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Fail early, without creating anything, if ``folder`` (the value of config key ``key``) cannot be written."""
+    folder = Path(os.path.abspath(folder))
+    existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise WriteError(f"{key} = {str(folder)!r} cannot be created: {existing} is a file, not a folder; "
+                         f"choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"{key} = {str(folder)!r} is not writable ({existing} does not allow writing); "
+                         f"choose another {key} or fix the permissions")
+
+
+_umask_lock = threading.Lock()
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 minus the process umask (e.g. 0o644 with umask 022)."""
+    with _umask_lock:  # the umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: Path, write, durable: bool = True) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: a finished file is never half-overwritten.
+
+    The temporary file is beside ``path`` (same file system, so the rename is atomic) and is removed
+    if ``write`` fails or is interrupted (KeyboardInterrupt too). The final file gets the usual
+    permissions (0o666 minus the umask, not mkstemp's 0o600), and with ``durable`` its content is
+    flushed to disk before the rename, so a crash cannot leave an empty file under the final name.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e} ({e.filename or path.parent}); choose an output "
+                         f"folder you can write to") from None
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, default_file_mode())
+        if durable:
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
-    except BaseException:  # includes KeyboardInterrupt: leave no partial file behind
+    except BaseException as e:  # includes KeyboardInterrupt: leave no partial file behind
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, UsadError) and e.errno is not None:  # disk full, a folder in the way...
+            raise WriteError(f"cannot write {path}: {e.strerror or e}; nothing was changed there (free space, or "
+                             f"choose another output folder)") from None
         raise
 
 

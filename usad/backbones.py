@@ -13,11 +13,14 @@ Weights, from the config section of a branch:
 from __future__ import annotations
 
 import logging
+import os
+import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .config import DEVICE_CHOICES, ConfigError
 from .errors import UsadError
 
 log = logging.getLogger(__name__)
@@ -27,13 +30,33 @@ class BackboneWeightsError(UsadError, RuntimeError):
     """Weights could not be obtained (offline, missing or mismatched file)."""
 
 
-def _offline_help(what: str, name: str, key: str, reason: str) -> BackboneWeightsError:
+# Errors of a download (no network, hub or HTTP errors, timeouts): every other error while getting
+# pretrained weights is a mismatch between the weights and the model built from the config.
+NETWORK_MODULES = ("huggingface_hub", "httpx", "httpx2", "httpcore", "requests", "urllib3", "urllib", "ssl", "socket")
+
+
+def is_download_error(error: BaseException) -> bool:
+    return isinstance(error, (OSError, TimeoutError)) or type(error).__module__.split(".")[0] in NETWORK_MODULES
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _offline_help(what: str, name: str, key: str, reason: str, hub: bool = False) -> BackboneWeightsError:
+    hf = ""
+    if hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        hf = ";\n  - HF_HUB_OFFLINE is set, so only the Hugging Face cache was looked at: unset it to download"
+    elif hub:
+        hf = (";\n  - offline, set HF_HUB_OFFLINE=1 so that this message comes at once, not after about a minute of "
+              "retries (weights in the cache still load)")
+    cache = "Hugging Face cache (~/.cache/huggingface)" if hub else "torch hub cache (~/.cache/torch/hub/checkpoints)"
     return BackboneWeightsError(
         f"could not get the pretrained weights of {what} {name!r}: {reason}\n"
-        f"  - with network: rerun, the weights download once into the torch / Hugging Face cache;\n"
+        f"  - with network: rerun, the weights download once into the {'Hugging Face' if hub else 'torch hub'} cache;\n"
         f"  - offline: put the checkpoint file somewhere local and pass --set {key}.weights=/path/to/file "
-        f"(a state dict .pth/.bin/.safetensors of that exact model), or copy the Hugging Face cache "
-        f"(~/.cache/huggingface) / torch hub cache (~/.cache/torch/hub/checkpoints) from a machine with network."
+        f"(a state dict .pth/.bin/.safetensors of that exact model), or copy the {cache} from a machine with network{hf}."
     )
 
 
@@ -51,6 +74,52 @@ def _check_file(path: str | Path, key: str) -> Path:
     return path
 
 
+def probe_vit(name: str, kwargs: dict, model_kwargs: dict, key: str) -> int:
+    """Build timm model ``name`` without weights (meta device: no memory, no download); its patch size.
+
+    An unknown name, or ``model_kwargs`` the model does not take, is a config error naming the key.
+    """
+    import difflib
+
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"config key '{key}.backbone' = {name!r} is not a timm model{hint} "
+                          f"(python -c \"import timm; print(timm.list_models('*dinov2*'))\" lists names)")
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        match = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+        if match and match.group(1) not in model_kwargs:  # one of ours (img_size, dynamic_img_size...)
+            raise ConfigError(f"config key '{key}.backbone' = {name!r} is not a ViT that takes an image size "
+                              f"({first_line(e)}); use a DINOv2 ViT (e.g. vit_small_patch14_dinov2.lvd142m)") from None
+        if match:
+            raise ConfigError(f"config key '{key}.model_kwargs' = {model_kwargs}: timm model {name!r} takes no "
+                              f"argument {match.group(1)!r} ({first_line(e)}); fix or remove it") from None
+        raise ConfigError(f"config key '{key}.model_kwargs' = {model_kwargs} cannot build timm model {name!r}: "
+                          f"{first_line(e)}; check the values") from None
+    except Exception as e:  # an invalid pretrained tag, a value the model rejects (AssertionError, ValueError...)
+        raise ConfigError(f"config keys '{key}.backbone' = {name!r} and '{key}.model_kwargs' = {model_kwargs} do not "
+                          f"build a timm model: {first_line(e)}; fix the name or the kwargs") from None
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        raise ConfigError(f"config key '{key}.backbone' = {name!r} is not a ViT with patch tokens; use a DINOv2 ViT "
+                          f"(e.g. vit_small_patch14_dinov2.lvd142m)")
+    return int(patch[0])
+
+
+def check_patch_multiple(image_size: int, patch: int, name: str, key: str) -> None:
+    """The ViT cuts the image into patch x patch tiles: the size must be a multiple of the patch size."""
+    if image_size % patch:
+        below, above = image_size // patch * patch, (image_size // patch + 1) * patch
+        sizes = f"{below} or {above}" if below >= 14 else f"{above}"
+        raise ConfigError(f"config key '{key}.image_size' = {image_size} is not a multiple of the patch size {patch} "
+                          f"of {name!r}; use {sizes} (nearest multiples of {patch})")
+
+
 class ViTFeatures(nn.Module):
     """DINOv2 ViT built at the branch size: returns CLS (B, D) and patch tokens (B, N, D).
 
@@ -64,31 +133,68 @@ class ViTFeatures(nn.Module):
         import timm
 
         kwargs = dict(num_classes=0, dynamic_img_size=True, img_size=image_size, **(model_kwargs or {}))
+        # the config is checked on a weightless (meta) build first, before any download or file read
+        self.patch_size = probe_vit(name, kwargs, model_kwargs or {}, key)
+        check_patch_multiple(image_size, self.patch_size, name, key)
         if weights is not None:
             path = _check_file(weights, key)
             try:
                 self.model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-            except (RuntimeError, KeyError, ValueError) as e:
+            except Exception as e:  # a wrong file comes as RuntimeError, KeyError, UnpicklingError, SafetensorError...
                 raise BackboneWeightsError(
                     f"{key}.weights = {str(path)!r} does not fit timm model {name!r} with model_kwargs "
-                    f"{model_kwargs or {}}: {str(e).splitlines()[0]}"
+                    f"{model_kwargs or {}}: {first_line(e)}"
                 ) from None
         elif pretrained:
             try:
                 self.model = timm.create_model(name, pretrained=True, **kwargs)
-            except Exception as e:  # hub errors come in many types (OSError, HTTP, LocalEntryNotFound...)
-                raise _offline_help("timm model", name, key, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            except Exception as e:
+                if is_download_error(e):  # hub errors come in many types (OSError, HTTP, LocalEntryNotFound...)
+                    raise _offline_help("timm model", name, key, first_line(e), hub=True) from None
+                raise BackboneWeightsError(
+                    f"the pretrained weights of timm model {name!r} do not fit the model built with "
+                    f"{key}.model_kwargs = {model_kwargs or {}}: {first_line(e)}. Pretrained weights need the "
+                    f"model's own architecture: remove the architecture keys from {key}.model_kwargs, or use "
+                    f"{key}.pretrained=false (random weights) or {key}.weights=FILE of that architecture"
+                ) from None
         else:
             _random_weights_warning(name, key)
             self.model = timm.create_model(name, pretrained=False, **kwargs)
         self.model.eval().requires_grad_(False)
         self.num_prefix_tokens = getattr(self.model, "num_prefix_tokens", 1)
-        self.patch_size = self.model.patch_embed.patch_size[0]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.model.forward_features(x)
         return tokens[:, 0], tokens[:, self.num_prefix_tokens:]
+
+
+def resnet_builder(name: str, key: str):
+    """The torchvision builder of ResNet ``name``, checked on a weightless (meta) build: a ConfigError naming the key."""
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError:
+        raise ConfigError(f"config key '{key}.backbone' = {name!r} is not a torchvision model; use a torchvision "
+                          f"ResNet (e.g. wide_resnet50_2, resnet18)") from None
+    with torch.device("meta"):  # the architecture alone, before any download or file read
+        if not hasattr(builder(weights=None), "layer3"):
+            raise ConfigError(f"config key '{key}.backbone' = {name!r} has no layer2/layer3; use a torchvision ResNet")
+    return builder
+
+
+def check_backbone(section, key: str) -> None:
+    """Check a branch's backbone settings (name, model_kwargs, image size) without weights, downloads or data.
+
+    ``section`` is the branch's config section, ``key`` its name (maclu, ma2patch or patchcore).
+    """
+    if key == "patchcore":
+        resnet_builder(section.backbone, key)
+        return
+    kwargs = dict(num_classes=0, dynamic_img_size=True, img_size=section.image_size, **(section.model_kwargs or {}))
+    check_patch_multiple(section.image_size, probe_vit(section.backbone, kwargs, section.model_kwargs or {}, key),
+                         section.backbone, key)
 
 
 class ResNetFeatures(nn.Module):
@@ -99,35 +205,40 @@ class ResNetFeatures(nn.Module):
         super().__init__()
         import torchvision
 
-        try:
-            builder = torchvision.models.get_model_builder(name)
-        except ValueError:
-            raise BackboneWeightsError(f"{key}.backbone = {name!r} is not a torchvision model") from None
+        builder = resnet_builder(name, key)
         if weights is not None:
             path = _check_file(weights, key)
             model = builder(weights=None)
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_state_file(path)
             except Exception as e:
-                raise BackboneWeightsError(f"{key}.weights = {str(path)!r} is not a readable state dict: {e}") from None
+                raise BackboneWeightsError(f"{key}.weights = {str(path)!r} is not a readable state dict "
+                                           f"(.pth/.pt/.bin saved by torch.save, or .safetensors): {first_line(e)}") from None
             if isinstance(state, dict) and "state_dict" in state:
                 state = state["state_dict"]
             try:
                 model.load_state_dict(state)
-            except (RuntimeError, TypeError) as e:
+            except (RuntimeError, TypeError, AttributeError) as e:
                 raise BackboneWeightsError(
                     f"{key}.weights = {str(path)!r} does not fit torchvision {name!r}: {str(e).splitlines()[0]}"
                 ) from None
         elif pretrained:
+            if "IMAGENET1K_V1" not in torchvision.models.get_model_weights(name).__members__:
+                raise ConfigError(f"config key '{key}.backbone' = {name!r} has no IMAGENET1K_V1 weights in torchvision; "
+                                  f"pass {key}.weights=FILE or use a ResNet such as wide_resnet50_2")
             try:
                 model = builder(weights="IMAGENET1K_V1")
             except Exception as e:
-                raise _offline_help("torchvision model", name, key, f"{type(e).__name__}: {e}") from None
+                if is_download_error(e):
+                    raise _offline_help("torchvision model", name, key, first_line(e)) from None
+                raise BackboneWeightsError(
+                    f"the pretrained weights of torchvision model {name!r} could not be loaded: {first_line(e)}. "
+                    f"The file in the torch hub cache (~/.cache/torch/hub/checkpoints, or $TORCH_HOME/hub/checkpoints) "
+                    f"is probably damaged: delete it and rerun, or pass --set {key}.weights=/path/to/file"
+                ) from None
         else:
             _random_weights_warning(name, key)
             model = builder(weights=None)
-        if not hasattr(model, "layer3"):
-            raise BackboneWeightsError(f"{key}.backbone = {name!r} has no layer2/layer3; use a torchvision ResNet")
         self.stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1)
         self.layer2, self.layer3 = model.layer2, model.layer3
         self.eval().requires_grad_(False)
@@ -138,10 +249,31 @@ class ResNetFeatures(nn.Module):
         return f2, self.layer3(f2)
 
 
+def load_state_file(path: Path):
+    """A state dict from a local file, without executing code: safetensors, or torch.load(weights_only=True)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device of config key ``device``: auto, cpu, cuda or cuda:N (a ConfigError naming the key otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device = {name!r} but no CUDA GPU is available; use --set device=cpu or auto")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"config key 'device' = {name!r} is not a device; use {DEVICE_CHOICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"config key 'device' = {name!r} is not supported; use {DEVICE_CHOICES}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"config key 'device' = {name!r} but no CUDA GPU is available here; "
+                              f"use --set device=cpu or device=auto (GPU when there is one)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"config key 'device' = {name!r} but this machine has {torch.cuda.device_count()} "
+                              f"CUDA GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of them or "
+                              f"use device=auto")
     return device

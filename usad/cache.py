@@ -3,8 +3,9 @@
 One file per (branch, image): ``<dir>/<branch>/<key>.pt`` where the key hashes
 everything the features depend on: the backbone name, its weights (path,
 size and mtime of a local file), model kwargs, the branch input size, the
-evaluation size, and the image file (absolute path, size, mtime). Changing
-any of them misses the cache; nothing stale is ever reused. Files are written
+evaluation size, the stored dtype (``cache.dtype``: float16 entries are never
+read as float32 ones or back), and the image file (absolute path, size,
+mtime). Changing any of them misses the cache; nothing stale is ever reused. Files are written
 atomically and read with ``weights_only=True``. Training features are never
 cached (training is a one-off pass).
 
@@ -55,7 +56,8 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     def _path(self, branch: str, fingerprint: dict, image) -> Path:
-        blob = json.dumps({"branch": branch, "fp": fingerprint, "image": _file_identity(image)}, sort_keys=True)
+        blob = json.dumps({"branch": branch, "fp": fingerprint, "dtype": str(self.dtype), "image": _file_identity(image)},
+                          sort_keys=True)
         return self.root / branch / f"{hashlib.sha1(blob.encode()).hexdigest()}.pt"
 
     def load(self, branch: str, fingerprint: dict, images: list) -> dict[str, torch.Tensor] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,15 +26,42 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "coalad.yaml"
 FREE_FORM = {"maclu.model_kwargs", "ma2patch.model_kwargs"}
 # Keys that default to null but take a value of this type.
 NULLABLE = {"cache.dir": str, "patchcore.bank_memmap": str, "maclu.weights": str, "ma2patch.weights": str, "patchcore.weights": str}
-# Numeric keys with a valid range (inclusive bounds; None = open), checked after the type.
+# Numeric keys with a valid range, checked after the type: (lo, hi) with inclusive bounds, None = open;
+# a bound written as an ``Open(x)`` excludes x itself (e.g. cov_eps must be > 0, not >= 0).
+
+
+class Open(float):
+    """An exclusive range bound: ``(Open(0.0), None)`` means ``value > 0``."""
+
+
 RANGES = {
     "data.batch_size": (1, None), "data.eval_size": (14, None),
     "maclu.image_size": (14, None), "ma2patch.image_size": (14, None), "patchcore.image_size": (32, None),
     "maclu.n_clusters": (2, None), "patchcore.k_nearest": (2, None),
     "maclu.sigma": (0.0, None), "ma2patch.sigma": (0.0, None), "patchcore.sigma": (0.0, None),
-    "maclu.cov_eps": (0.0, None), "ma2patch.cov_eps": (0.0, None), "fusion.blur_ksize": (1, None),
-    "patchcore.train_ratio": (0.0, 1.0), "patchcore.coreset_ratio": (0.0, 1.0), "patchcore.projection_eps": (0.0, 1.0),
+    "maclu.cov_eps": (Open(0.0), None), "ma2patch.cov_eps": (Open(0.0), None), "fusion.blur_ksize": (1, None),
+    "patchcore.train_ratio": (0.0, 1.0), "patchcore.coreset_ratio": (0.0, 1.0),
+    "patchcore.projection_eps": (Open(0.0), Open(1.0)),  # the Johnson-Lindenstrauss bound needs 0 < eps < 1
 }
+
+
+def in_range(value, lo, hi) -> bool:
+    """``lo <= value <= hi``, strict at an ``Open`` bound; None is unbounded."""
+    if lo is not None and (value <= lo if isinstance(lo, Open) else value < lo):
+        return False
+    return hi is None or (value < hi if isinstance(hi, Open) else value <= hi)
+
+
+def describe_range(lo, hi) -> str:
+    """``[1, inf)``, ``(0.0, inf)``, ``[0.0, 1.0]``, ``(0.0, 1.0)``."""
+    left = "(-inf" if lo is None else f"({float(lo)!r}" if isinstance(lo, Open) else f"[{lo!r}"
+    right = "inf)" if hi is None else f"{float(hi)!r})" if isinstance(hi, Open) else f"{hi!r}]"
+    return f"{left}, {right}"
+
+
+# ``device``: auto, cpu, cuda or cuda:N (checked here; whether a GPU is there is checked when it is used).
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+DEVICE_CHOICES = "auto | cpu | cuda | cuda:N (N = GPU index, e.g. cuda:0)"
 # Keys that take an int or the word "auto".
 INT_OR_AUTO = {"data.num_workers"}
 # Keys restricted to a set of values.
@@ -98,6 +126,19 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
     if key in FREE_FORM:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        for name, arg in value.items():
+            if isinstance(name, str) and ":" in name:
+                raise ConfigError(
+                    f"config key {key!r}: {name!r} is not a keyword argument name. YAML needs a space after "
+                    f"each colon: write {key}=\"{{{name.replace(':', ': ', 1)}}}\", not {{{name}}} (which YAML "
+                    f"reads as one key {name!r} without a value)")
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigError(f"config key {key!r}: {name!r} is not a keyword argument name "
+                                  f"(give NAME: VALUE pairs, e.g. {key}=\"{{depth: 2}}\")")
+            if arg is None:
+                raise ConfigError(
+                    f"config key {key!r}: {name!r} has no value (null). Give it one, with a space after the "
+                    f"colon: {key}=\"{{{name}: VALUE}}\"; to use the model's default, leave {name!r} out")
         return value
     if key in NULLABLE:
         if value is not None and not isinstance(value, NULLABLE[key]):
@@ -126,10 +167,10 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
             f"config key {key!r} must be of type {type(default).__name__} (default {default!r}), "
             f"got {type(value).__name__} {value!r}"
         )
-    if key in RANGES:
-        lo, hi = RANGES[key]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"config key {key!r} must be in [{lo}, {'inf' if hi is None else hi}], got {value!r}")
+    if key in RANGES and not in_range(value, *RANGES[key]):
+        raise ConfigError(f"config key {key!r} must be in {describe_range(*RANGES[key])}, got {value!r}")
+    if key == "device" and not DEVICE_PATTERN.fullmatch(value):
+        raise ConfigError(f"config key 'device' must be one of {DEVICE_CHOICES}, got {value!r}")
     return value
 
 

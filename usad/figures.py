@@ -10,6 +10,10 @@ the JET colour map. A colour therefore means the same value for a map type in
 every panel (a normal image looks dark instead of being stretched to full
 contrast), and the range is printed under each map. The input and ground truth
 are shown at the evaluation size (bicubic), like the maps.
+
+``usad.predict`` draws the same row without ground truth (``maps_panel``) for
+images that have no test set around them: there each map gets its own range
+over that one image, again printed under it.
 """
 
 from __future__ import annotations
@@ -55,15 +59,23 @@ def tile(image_rgb: np.ndarray, title: str, caption: str = "") -> np.ndarray:
     return np.vstack([_text_bar(width, title), image_rgb, _text_bar(width, caption)])
 
 
+def map_tiles(maps: dict[str, np.ndarray], ranges: dict[str, tuple[float, float]]) -> list[np.ndarray]:
+    """The four maps of one image, JET-coloured on their ranges, each with its title and range."""
+    return [tile(colorize(maps[key], *ranges[key]), title, f"{ranges[key][0]:.3g} - {ranges[key][1]:.3g}")
+            for key, title in PANEL_MAPS]
+
+
 def panel(image_rgb: np.ndarray, mask: np.ndarray, maps: dict[str, np.ndarray],
           ranges: dict[str, tuple[float, float]]) -> np.ndarray:
     """One row: the input, its ground truth (white = anomalous), and the four maps on their ranges."""
     gt = np.repeat((mask[..., None] > 0).astype(np.uint8) * 255, 3, axis=2)
-    tiles = [tile(image_rgb, "input"), tile(gt, "ground truth")]
-    for key, title in PANEL_MAPS:
-        lo, hi = ranges[key]
-        tiles.append(tile(colorize(maps[key], lo, hi), title, f"{lo:.3g} - {hi:.3g}"))
-    return np.hstack(tiles)
+    return np.hstack([tile(image_rgb, "input"), tile(gt, "ground truth"), *map_tiles(maps, ranges)])
+
+
+def maps_panel(image_rgb: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
+    """One image without ground truth (``usad.predict``): input | M_obj | M_attr | M_pc | fused, each map
+    on its own range ``[min(0, min), max]`` over this image, printed under it (compare ranges across images)."""
+    return np.hstack([tile(image_rgb, "input"), *map_tiles(maps, map_ranges(maps))])
 
 
 def panel_name(rel: Path) -> str:

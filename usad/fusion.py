@@ -25,6 +25,11 @@ def hadamard(*maps: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def product_map(m_obj: torch.Tensor, m_attr: torch.Tensor, m_pc: torch.Tensor) -> torch.Tensor:
+    """Eq. 21: M = M_obj * M_attr * M_pc, multiplied in the authors' order (obj, pc, attr)."""
+    return hadamard(m_obj, m_pc, m_attr)
+
+
 def fused_score(s_obj: torch.Tensor, s_pc: torch.Tensor, m_peak: torch.Tensor, lambda_obj: float, lambda_m: float) -> torch.Tensor:
     """Eq. 22-23: s = lambda_obj * s_obj + s_pc + lambda_M * max(M)."""
     return lambda_obj * s_obj + s_pc + lambda_m * m_peak
@@ -37,6 +42,6 @@ def final_blur(m: torch.Tensor, cfg) -> torch.Tensor:
 
 def fuse(s_obj, s_pc, m_obj, m_attr, m_pc, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Branch outputs, maps already at the evaluation size -> (s_fused, M_fused, M before the blur)."""
-    m = hadamard(m_obj, m_pc, m_attr)
+    m = product_map(m_obj, m_attr, m_pc)
     s = fused_score(s_obj, s_pc, m.flatten(1).max(dim=1).values, cfg.lambda_obj, cfg.lambda_m)
     return s, final_blur(m, cfg), m

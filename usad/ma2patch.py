@@ -71,7 +71,7 @@ class MA2Patch:
             g = global_descriptor(patches.float())
             stats = stats or GaussianAccumulator(g.shape[1], self.device)
             stats.update(g)
-        self.mu, _, self.inv_cov = stats.finalize(self.cfg.cov_eps, name="MA2Patch global descriptors")
+        self.mu, _, self.inv_cov = stats.finalize(self.cfg.cov_eps, name="MA2Patch global descriptors", eps_key="ma2patch.cov_eps")
         return self
 
     def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -93,7 +93,7 @@ class MACLU:
             row += len(flat)
         if row != len(patch_bank):
             raise RuntimeError(f"expected {n_images} training images, the loader gave {row // patches.shape[1]}")
-        self.mu, _, self.inv_cov = cls_stats.finalize(self.cfg.cov_eps, name="MACLU CLS tokens")
+        self.mu, _, self.inv_cov = cls_stats.finalize(self.cfg.cov_eps, name="MACLU CLS tokens", eps_key="maclu.cov_eps")
         log.info("MACLU: KMeans(k=%d) on %d patch tokens of dim %d", self.cfg.n_clusters, *patch_bank.shape)
         kmeans = KMeans(n_clusters=self.cfg.n_clusters, n_init="auto", random_state=self.cfg.kmeans_seed).fit(patch_bank)
         counts = np.bincount(kmeans.labels_, minlength=self.cfg.n_clusters)

@@ -31,8 +31,8 @@ class GaussianAccumulator:
         self.sum += x.sum(0)
         self.outer += x.T @ x
 
-    def finalize(self, eps: float, name: str = "features") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mu, Sigma, Sigma^-1) in float32."""
+    def finalize(self, eps: float, name: str = "features", eps_key: str = "cov_eps") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, Sigma, Sigma^-1) in float32; ``eps_key`` is the config key of ``eps``, named in errors."""
         if self.n < 2:
             raise UsadError(f"{name}: a covariance needs at least 2 training images, got {self.n}; add normal images")
         mu = self.sum / self.n
@@ -40,10 +40,18 @@ class GaussianAccumulator:
         dim = cov.shape[0]
         if self.n <= dim:
             log.warning("%s: %d training images for %d feature dimensions: the covariance is singular, "
-                        "only the eps=%g ridge keeps it invertible (scores stay finite but less reliable)",
-                        name, self.n, dim, eps)
+                        "only the %s=%g ridge keeps it invertible (scores stay finite but less reliable)",
+                        name, self.n, dim, eps_key, eps)
         cov32 = cov.float()
-        inv = torch.linalg.inv(cov32 + eps * torch.eye(dim, dtype=torch.float32, device=cov.device))
+        try:
+            inv = torch.linalg.inv(cov32 + eps * torch.eye(dim, dtype=torch.float32, device=cov.device))
+        except torch.linalg.LinAlgError as e:  # eps too small to lift a singular covariance in float32
+            raise UsadError(f"{name}: the covariance plus {eps_key}={eps:g} is not invertible ({str(e).splitlines()[0]}); "
+                            f"set a larger {eps_key} (the paper's 1e-6 suffices with features of a real backbone), "
+                            f"or train on more images") from None
+        if not torch.isfinite(inv).all():
+            raise UsadError(f"{name}: the inverse of the covariance plus {eps_key}={eps:g} is not finite; set a "
+                            f"larger {eps_key}, or train on more images")
         return mu.float(), cov32, inv
 
 

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from .artifacts import load_artifact
-from .backbones import resolve_device
+from .artifacts import check_writable, load_artifact
+from .backbones import check_backbone, resolve_device
 from .config import add_config_args, config_from_args
 from .data.checks import check_dataset
 from .data.dataset import DatasetError, TestDataset, TrainDataset, make_loader, train_samples
@@ -71,6 +71,7 @@ def fit_branch(branch: str, cfg, device: torch.device | None = None):
     """Fit one branch on the normal training images (checked first); returns the fitted branch."""
     seed_everything(cfg.seed)
     device = device or resolve_device(cfg.device)
+    check_backbone(cfg[branch], branch)  # name, model_kwargs, image size: before any download
     root = category_dir(cfg)
     check_dataset(root, splits=("train",))
     samples = train_samples(root)
@@ -92,8 +93,9 @@ def fit_branch(branch: str, cfg, device: torch.device | None = None):
 
 def train_branch(branch: str, cfg) -> Path:
     """Fit one branch and save it to ``<paths.models>/<category>/<branch>.pt``; returns that path."""
-    model = fit_branch(branch, cfg)
     path = model_path(cfg, branch)
+    check_writable(Path(cfg.paths.models), "paths.models")  # before the compute, not after it
+    model = fit_branch(branch, cfg)
     model.save(path)
     log.info("%s: saved %s", branch, path)
     return path
@@ -120,7 +122,7 @@ class Predictions:
     maps: dict[str, np.ndarray] = field(default_factory=dict)     # m_obj, m_attr, m_pc, m_fused
     mask: np.ndarray | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)   # maclu_r, maclu_labels (tau sweeps)
-    seconds: dict[str, float] = field(default_factory=dict)       # wall time per branch (backbone + head)
+    seconds: dict[str, float] = field(default_factory=dict)       # wall time per branch: its backbone, or its feature-cache reads when the cache is on
 
 
 class NonFiniteError(UsadError):

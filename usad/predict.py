@@ -2,12 +2,16 @@
 
     python -m usad.predict --config configs/coalad.yaml [--set KEY=VALUE] [--threshold T] [--out DIR] IMAGE_OR_FOLDER...
 
-Folders are scanned for images, recursively (sorted; hidden and non-image files
-ignored). Images of any size and aspect ratio work: each is stretched to the
-square evaluation size like the test images (see usad.detector). Per image, in
---out (default <paths.results>/<category>/predict/): <name>_overlay.png (fused
-map, min-max scaled, over the image at its own size) and <name>_maps.npz
-(m_fused, m_obj, m_attr, m_pc at the evaluation size); for all images
+Folders are scanned for images, recursively (sorted; hidden files ignored).
+Files without an image extension (usad.data.dataset.IMAGE_EXTENSIONS) are
+skipped, and a warning says how many and names the first few. Images of any
+size and aspect ratio work: each is stretched to the square evaluation size
+like the test images (see usad.detector). Per image, in --out (default
+<paths.results>/<category>/predict/): <name>_overlay.png (fused map, min-max
+scaled, over the image at its own size), <name>_maps.png (input | M_obj |
+M_attr | M_pc | fused at the evaluation size, each map on its own range over
+this image, printed under it; see usad.figures) and <name>_maps.npz (m_fused,
+m_obj, m_attr, m_pc at the evaluation size); for all images
 scores.csv and scores.json (file, status, score, s_obj, s_attr, s_pc, and
 verdict with --threshold: "anomalous" when score > T). <name> is the file stem,
 made unique when two inputs share one. An unreadable image is reported (status
@@ -27,11 +31,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .artifacts import atomic_write
 from .config import add_config_args, config_from_args
-from .data.dataset import DatasetError, list_images, load_rgb
+from .data.dataset import IMAGE_EXTENSIONS, DatasetError, is_image_file, list_images, load_rgb
 from .detector import Detector
+from .figures import maps_panel
 from .pipeline import results_dir, run_cli
 from .report import overlay, write_png
 
@@ -40,13 +46,27 @@ log = logging.getLogger("usad")
 FIELDS = ("file", "status", "score", "s_obj", "s_attr", "s_pc", "verdict")
 
 
+SHOW_SKIPPED = 5  # skipped files named in the warning
+
+
+def non_image_files(folder: Path) -> list[Path]:
+    """Visible files under ``folder`` that the image scan skips (extension not in IMAGE_EXTENSIONS)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def gather(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found in the given folders, in order."""
+    """Image files named directly or found in the given folders, in order; skipped files are reported."""
     files = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             files += list_images(p)
+            skipped = [str(f.relative_to(p)) for f in non_image_files(p)]
+            if skipped:
+                log.warning("%s: skipped %d file(s) without an image extension (%s): %s%s", p, len(skipped),
+                            " ".join(IMAGE_EXTENSIONS), ", ".join(skipped[:SHOW_SKIPPED]),
+                            ", ..." if len(skipped) > SHOW_SKIPPED else "")
         elif p.is_file():
             files.append(p)
         else:
@@ -114,6 +134,8 @@ def predict_files(detector: Detector, files: list[Path], out: Path, threshold: f
             if threshold is not None:
                 rows[i]["verdict"] = "anomalous" if r.score > threshold else "normal"
             write_png(out / f"{stems[i]}_overlay.png", overlay(np.asarray(image), r.anomaly_map()))
+            size = r.maps["m_fused"].shape[-1]  # the input as the detector saw it: stretched to the eval size
+            write_png(out / f"{stems[i]}_maps.png", maps_panel(np.asarray(image.resize((size, size), Image.BICUBIC)), r.maps))
             save_maps(out / f"{stems[i]}_maps.npz", r.maps)
     write_table(out, rows)
     return rows
@@ -146,7 +168,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else results_dir(cfg) / "predict"
     rows = predict_files(Detector.from_config(cfg), files, out, args.threshold)
     print(format_rows(rows))
-    log.info("results in %s (scores.csv, scores.json, *_overlay.png, *_maps.npz)", out)
+    log.info("results in %s (scores.csv, scores.json, *_overlay.png, *_maps.png, *_maps.npz)", out)
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         log.error("%d of %d images could not be processed (see the status column of %s)",

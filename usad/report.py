@@ -26,7 +26,8 @@ PAPER_TABLE1 = {
 }
 
 # The public contract of ``test_fusion.py --save-predictions``.
-PREDICTION_KEYS = ("files", "label", "s_obj", "s_attr", "s_pc", "s_fused",
+# s_M = max of M before the final blur (the fused score's third term, Table 2's s_M).
+PREDICTION_KEYS = ("files", "label", "s_obj", "s_attr", "s_pc", "s_fused", "s_M",
                    "m_obj", "m_attr", "m_pc", "m_fused", "mask")
 
 

@@ -3,14 +3,22 @@
     python -m usad.sweep --config configs/coalad.yaml --sweep tau                  # Fig. 12
     python -m usad.sweep --config configs/coalad.yaml --sweep maclu_resolution     # Fig. 10
     python -m usad.sweep --config configs/coalad.yaml --sweep ma2patch_resolution  # Fig. 11
-    python -m usad.sweep ... --sweep all [--values 1.1,1.14,1.2]
+    python -m usad.sweep --config configs/coalad.yaml --sweep tau --values 1.1,1.14,1.2
+    python -m usad.sweep --config configs/coalad.yaml --sweep all                  # all three, the paper's values
 
 - tau only changes MACLU's post-processing (Eq. 7): the test set goes through
   the backbones once and every tau reuses the stored per-patch ratios.
 - A resolution point refits that branch at the new size (the others are the
-  trained models from saved_models/) and reports its throughput (test images
-  per second through the branch's backbone) next to the metrics.
-Output: <paths.results>/<category>/sweeps/<sweep>.csv and .png.
+  trained models from saved_models/) and reports its throughput next to the
+  metrics: test images per second through that branch's backbone forward pass
+  alone (no data loading, resizing, heads or feature cache), timed on its own
+  pass over up to THROUGHPUT_BATCHES test batches after one untimed warm-up batch.
+- Every value is checked before anything runs: a resolution must be a whole
+  multiple of the ViT's patch size (14 for the DINOv2 backbones, read from the
+  built model). --values applies to one sweep; with --sweep all each sweep
+  uses the paper's values.
+Output: <paths.results>/<category>/sweeps/<sweep>.csv and .png, both rewritten
+(atomically) after every point, so an interrupted sweep keeps its finished rows.
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ import argparse
 import csv
 import io
 import logging
+import math
 import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -29,8 +40,11 @@ from . import metrics
 from .artifacts import atomic_write
 from .backbones import resolve_device
 from .config import add_config_args, config_from_args, with_overrides
+from .data.dataset import TestDataset, make_loader
+from .errors import UsadError
 from .fusion import fuse, to_eval_size
-from .pipeline import evaluate, fit_branch, load_branches, results_dir, run_cli
+from .ops import resize_images
+from .pipeline import category_dir, evaluate, fit_branch, load_branches, results_dir, run_cli
 
 log = logging.getLogger("usad")
 
@@ -40,9 +54,54 @@ DEFAULT_VALUES = {
     "ma2patch_resolution": [308, 336, 364, 392, 406, 420],
 }
 BRANCH_OF = {"maclu_resolution": "maclu", "ma2patch_resolution": "ma2patch"}
+BRANCH_NAME = {"maclu": "MACLU", "ma2patch": "MA2Patch"}
 FIGURE = {"tau": "Fig. 12", "maclu_resolution": "Fig. 10", "ma2patch_resolution": "Fig. 11"}
+THROUGHPUT_BATCHES = 8  # timed test batches per resolution point (after one untimed warm-up batch)
 
 
+class SweepError(UsadError, ValueError):
+    """Sweep values or options that cannot run; raised before any point is computed."""
+
+
+# ------------------------------------------------------------------ values
+def parse_values(text: str) -> list[float]:
+    """``--values 1.1,1.14,1.2`` -> [1.1, 1.14, 1.2] (argparse type: a bad list is a usage error)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1.1,1.14,1.2; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return values
+
+
+def patch_size(branches: dict, sweep: str) -> int | None:
+    """The patch size of the ViT a resolution sweep refits, from the built model (None for tau)."""
+    return branches[BRANCH_OF[sweep]].backbone.patch_size if sweep in BRANCH_OF else None
+
+
+def check_values(sweep: str, values, patch: int | None) -> list:
+    """The sweep's values, checked before any compute: finite taus; resolutions that are whole
+    multiples of the branch ViT's patch size ``patch`` (a square grid of whole patches)."""
+    if not values:
+        raise SweepError(f"--sweep {sweep}: no values given")
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise SweepError(f"--sweep {sweep}: value {bad[0]} is not a finite number")
+    if sweep == "tau":
+        return [float(v) for v in values]
+    branch = BRANCH_OF[sweep]
+    for v in values:
+        if v != int(v) or int(v) < patch or int(v) % patch:
+            near = sorted({max(patch, int(v) // patch * patch), max(patch, (int(v) // patch + 1) * patch)})
+            raise SweepError(
+                f"--sweep {sweep}: {branch}.image_size = {v:g} is not a positive multiple of the patch size {patch} "
+                f"of the {branch} backbone ({BRANCH_NAME[branch]} needs a whole number of patches per side): "
+                f"use e.g. {' or '.join(map(str, near))} in --values")
+    return [int(v) for v in values]
+
+
+# ------------------------------------------------------------------ points
 def fused_metrics(label, mask, s_obj, s_pc, m_obj, m_attr, m_pc, fusion_cfg, chunk: int = 16) -> dict:
     """Fuse stored branch outputs (maps at the evaluation size) and score the result."""
     s_fused = np.empty(len(label), np.float32)
@@ -55,14 +114,12 @@ def fused_metrics(label, mask, s_obj, s_pc, m_obj, m_attr, m_pc, fusion_cfg, chu
     return metrics.compute_all(label, s_fused, mask, m_fused)
 
 
-def sweep_tau(cfg, values, branches: dict | None = None) -> list[dict]:
+def tau_points(cfg, values, branches: dict) -> Iterator[dict]:
     """Fig. 12: one pass through the backbones, then every tau from the stored MACLU ratios."""
     device = resolve_device(cfg.device)
-    branches = branches or load_branches(cfg, device)
     preds = evaluate(cfg, branches, keep_ratios=True)
     maclu, size = branches["maclu"], cfg.data.eval_size
     r, labels = preds.extras["maclu_r"], preds.extras["maclu_labels"]
-    rows = []
     for tau in values:
         m_obj = np.empty_like(preds.maps["m_attr"])
         for a in range(0, len(r), cfg.data.batch_size):
@@ -72,31 +129,57 @@ def sweep_tau(cfg, values, branches: dict | None = None) -> list[dict]:
         row = {"tau": tau, **fused_metrics(preds.label, preds.mask, preds.scores["s_obj"], preds.scores["s_pc"],
                                            m_obj, preds.maps["m_attr"], preds.maps["m_pc"], cfg.fusion)}
         log.info("tau=%.3f: %s", tau, {k: round(v, 4) for k, v in row.items() if k != "tau"})
-        rows.append(row)
-    return rows
+        yield row
 
 
-def sweep_resolution(cfg, sweep: str, values, branches: dict | None = None) -> list[dict]:
-    """Figs. 10 / 11: refit one ViT branch per resolution, evaluate the fusion, time the branch."""
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def backbone_throughput(model, cfg, device: torch.device, n_batches: int = THROUGHPUT_BATCHES) -> float:
+    """Test images per second through ``model``'s backbone forward pass alone, at its input size.
+
+    Its own pass over the first ``n_batches`` test batches (the feature cache is not consulted);
+    the first batch also runs once untimed, as warm-up. Only the forward call is timed."""
+    dataset = TestDataset(category_dir(cfg), cfg.data.eval_size)
+    loader = make_loader(dataset, cfg.data.batch_size, cfg.data.num_workers, device)
+    seconds, n_images = 0.0, 0
+    for k, batch in enumerate(loader):
+        if k == n_batches:
+            break
+        x = resize_images(batch["image"].to(device), model.cfg.image_size)
+        if k == 0:  # warm-up: allocations, kernel selection
+            model.backbone(x)
+            _synchronize(device)
+        t0 = time.perf_counter()
+        model.backbone(x)
+        _synchronize(device)
+        seconds += time.perf_counter() - t0
+        n_images += len(x)
+    return n_images / max(seconds, 1e-9)
+
+
+def resolution_points(cfg, sweep: str, values, branches: dict) -> Iterator[dict]:
+    """Figs. 10 / 11: refit one ViT branch per resolution, evaluate the fusion, time the branch's backbone."""
     branch = BRANCH_OF[sweep]
     device = resolve_device(cfg.device)
-    fixed = branches or load_branches(cfg, device)
-    rows = []
+    score_key, map_key = ("s_obj", "m_obj") if branch == "maclu" else ("s_attr", "m_attr")
     for size in values:
         point_cfg = with_overrides(cfg, f"{branch}.image_size={int(size)}")
         model = fit_branch(branch, point_cfg, device)
-        preds = evaluate(point_cfg, {**fixed, branch: model})
-        score_key, map_key = ("s_obj", "m_obj") if branch == "maclu" else ("s_attr", "m_attr")
-        row = {"image_size": int(size), "throughput_img_s": len(preds.label) / max(preds.seconds[branch], 1e-9),
+        preds = evaluate(point_cfg, {**branches, branch: model})
+        row = {"image_size": int(size), "throughput_img_s": backbone_throughput(model, point_cfg, device),
                **metrics.compute_all(preds.label, preds.scores["s_fused"], preds.mask, preds.maps["m_fused"]),
                "branch_image_auroc": metrics.image_auroc(preds.label, preds.scores[score_key]),
                "branch_pixel_auroc": metrics.pixel_auroc(preds.mask, preds.maps[map_key]),
                "branch_pro_auc_usad": metrics.pro_auc_usad(preds.mask, preds.maps[map_key], preds.label)}
         log.info("%s=%d: %s", f"{branch}.image_size", size, {k: round(v, 4) for k, v in row.items()})
-        rows.append(row)
-    return rows
+        yield row
 
 
+# ------------------------------------------------------------------ output
 def write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -105,38 +188,59 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()))
 
 
-def plot(path: Path, rows: list[dict], x: str, title: str) -> None:
-    """Metrics (%) against the swept value; throughput on a second axis when present."""
+METRIC_LINES = (("image_auroc", "Image-AUC"), ("pixel_auroc", "Pixel-AUC"), ("pro_auc_usad", "PRO-AUC"))
+
+
+def figure(rows: list[dict], x: str, title: str, branch: str | None = None):
+    """Metrics (%) against the swept value: fused (solid), branch alone (dotted, resolution sweeps),
+    throughput on a second axis; one legend below the axes, clear of the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xs = [r[x] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key, label in (("image_auroc", "Image-AUC"), ("pixel_auroc", "Pixel-AUC"), ("pro_auc_usad", "PRO-AUC")):
-        ax.plot(xs, [100 * r[key] for r in rows], marker="o", label=label)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for colour, (key, label) in enumerate(METRIC_LINES):
+        ax.plot(xs, [100 * r[key] for r in rows], f"C{colour}-", marker="o", label=f"{label} (fused)")
+        if f"branch_{key}" in rows[0]:
+            ax.plot(xs, [100 * r[f"branch_{key}"] for r in rows], f"C{colour}:", marker="x",
+                    label=f"{label} ({BRANCH_NAME.get(branch, 'branch')} alone)")
     ax.set_xlabel(x)
     ax.set_ylabel("%")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
     if "throughput_img_s" in rows[0]:
         ax2 = ax.twinx()
-        ax2.plot(xs, [r["throughput_img_s"] for r in rows], "k--", marker="s", label="images/s")
+        ax2.plot(xs, [r["throughput_img_s"] for r in rows], "k--", marker="s", label="images/s (backbone)")
         ax2.set_ylabel("images / s")
-        ax2.legend(loc="lower right")
-    ax.legend(loc="lower left")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig
+
+
+def plot(path: Path, rows: list[dict], x: str, title: str, branch: str | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, x, title, branch)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))  # "tight" keeps the legend
     plt.close(fig)
 
 
 def run_sweep(cfg, sweep: str, values=None, branches: dict | None = None) -> list[dict]:
-    values = values or DEFAULT_VALUES[sweep]
-    rows = sweep_tau(cfg, values, branches) if sweep == "tau" else sweep_resolution(cfg, sweep, values, branches)
-    out = results_dir(cfg) / "sweeps"
-    write_csv(out / f"{sweep}.csv", rows)
-    plot(out / f"{sweep}.png", rows, "tau" if sweep == "tau" else "image_size", f"{FIGURE[sweep]}: {sweep}")
+    """One sweep (default: the paper's values); the CSV and PNG are rewritten after every point."""
+    branches = branches or load_branches(cfg, resolve_device(cfg.device))
+    values = check_values(sweep, DEFAULT_VALUES[sweep] if values is None else values, patch_size(branches, sweep))
+    out, x = results_dir(cfg) / "sweeps", "tau" if sweep == "tau" else "image_size"
+    points = tau_points(cfg, values, branches) if sweep == "tau" else resolution_points(cfg, sweep, values, branches)
+    rows = []
+    for row in points:
+        rows.append(row)
+        write_csv(out / f"{sweep}.csv", rows)
+        plot(out / f"{sweep}.png", rows, x, f"{FIGURE[sweep]}: {sweep}", BRANCH_OF.get(sweep))
     log.info("%s: %s and %s", sweep, out / f"{sweep}.csv", out / f"{sweep}.png")
     return rows
 
@@ -144,12 +248,19 @@ def run_sweep(cfg, sweep: str, values=None, branches: dict | None = None) -> lis
 def main(argv=None):
     parser = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--sweep", choices=[*DEFAULT_VALUES, "all"], default="all")
-    parser.add_argument("--values", help="comma-separated values (default: the paper's ranges)")
+    parser.add_argument("--values", type=parse_values,
+                        help="comma-separated values for one --sweep (default: the paper's range)")
     args = parser.parse_args(argv)
+    if args.values and args.sweep == "all":
+        raise SweepError("--values applies to one sweep (taus and image sizes differ): give --sweep tau, "
+                         "maclu_resolution or ma2patch_resolution with it, or drop --values to run all three "
+                         "at the paper's values")
     cfg = config_from_args(args)
-    values = [float(v) for v in args.values.split(",")] if args.values else None
-    for sweep in (DEFAULT_VALUES if args.sweep == "all" else [args.sweep]):
-        run_sweep(cfg, sweep, values)
+    branches = load_branches(cfg, resolve_device(cfg.device))
+    sweeps = list(DEFAULT_VALUES) if args.sweep == "all" else [args.sweep]
+    plan = {s: check_values(s, args.values or DEFAULT_VALUES[s], patch_size(branches, s)) for s in sweeps}  # all before any runs
+    for sweep, values in plan.items():
+        run_sweep(cfg, sweep, values, branches)
 
 
 if __name__ == "__main__":

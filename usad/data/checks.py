@@ -6,6 +6,7 @@ The files checked are exactly the dataset's own (``train_samples`` /
 Errors (the run stops; all of them are listed in one ``DatasetError``):
 - a missing category, ``train/good``, ``test`` or ``ground_truth`` folder, or one without images;
 - fewer than 2 training images (a covariance needs 2);
+- a test split with only normal or only anomalous images (the metrics need both);
 - an image or mask that cannot be fully decoded (unreadable, truncated, not an image);
 - an anomalous test image without its mask, or with a mask of another size;
 - a mask with no anomalous pixel (none >= 128 of 255): after binarisation the
@@ -172,6 +173,13 @@ def check_dataset(category_dir, eval_size: int | None = None, splits=("train", "
         chosen["test"] = listed_samples(test_samples, root, test,
                                         f"{test}/{NORMAL_KIND}/*.png and {test}/<kind>/*.png", problems)
         anomalous = [s for s in chosen["test"] if s.mask_path is not None]
+        if chosen["test"] and not anomalous:
+            problems.append(f"{test}: only normal test images ({len(chosen['test'])} in {test / NORMAL_KIND}); the "
+                            f"metrics (AUROC, PRO) need anomalous ones too: add test/<kind>/*.png with masks at "
+                            f"ground_truth/<kind>/<name>_mask.png")
+        if anomalous and len(anomalous) == len(chosen["test"]):
+            problems.append(f"{test / NORMAL_KIND}: no normal test images (all {len(anomalous)} are anomalous); the "
+                            f"metrics (AUROC, PRO) need normal ones too: add normal test images there")
         if anomalous and not (root / "ground_truth").is_dir():
             problems.append(f"{root / 'ground_truth'}: missing; the {len(anomalous)} anomalous test images need masks "
                             f"at ground_truth/<kind>/<name>_mask.png")

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import zlib
 from pathlib import Path
@@ -37,10 +38,12 @@ MARKER = ".usad_complete"
 DOWNLOADS = ".downloads"
 PARTS = ("train", "test", "ground_truth")
 
-# modelscope's own retry knobs, read when it is first imported. Its defaults
-# (5 API retries, 5 download retries with backoff up to 16 s) take ~45 s to
-# give up when offline; these give up in ~7 s and still retry transient errors.
-# Set the variables yourself to override.
+# Retry knobs of recent modelscope releases (read from the environment by its
+# ``modelscope_hub`` package when first imported; e.g. modelscope 1.40). Their
+# defaults (5 API retries, 5 download retries with growing back-off) take about
+# a minute to give up offline; these give up in seconds and still retry a
+# transient error. Older modelscope releases ignore these variables and use
+# their own built-in retries. Set the variables yourself to override.
 MODELSCOPE_RETRY_ENV = {"MODELSCOPE_API_MAX_RETRIES": "2", "MODELSCOPE_DOWNLOAD_MAX_RETRIES": "3"}
 
 
@@ -132,9 +135,29 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    folder = Path(os.path.abspath(folder))
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove the given folders (deepest first) where they are empty: undo the mkdir of a failed download."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something was written), already gone, or not ours to remove
+            pass
+
+
 def ensure_tars(root: Path, category: str) -> list[Path]:
-    """The two tar files in ``<root>/.downloads/``, downloading those that are missing."""
+    """The two tar files in ``<root>/.downloads/``, downloading those that are missing.
+
+    A failed download leaves no folder behind that it created (``<root>/.downloads``, ``<root>``
+    itself when it did not exist) unless something was written into it.
+    """
     downloads = root / DOWNLOADS
+    created = missing_folders(downloads)
     paths = []
     for filename in TAR_FILES:
         path = downloads / filename
@@ -144,11 +167,15 @@ def ensure_tars(root: Path, category: str) -> list[Path]:
             log.info("CoalAD: downloading %s from ModelScope %s into %s", filename, MODELSCOPE_DATASET, downloads)
             try:
                 path = _fetch_from_modelscope(filename, downloads)
-            except Exception as e:  # offline, hub error, missing package: one clear message
+            except Exception as e:  # offline, hub error, missing package, unwritable root: one clear message
+                remove_if_empty(created)
                 raise DatasetUnavailableError(
                     f"could not download {MODELSCOPE_DATASET} ({filename}) from ModelScope.\n"
                     f"Reason: {one_line(e)}\n{manual_instructions(root, category)}"
                 ) from e
+            except BaseException:  # Ctrl-C during the download
+                remove_if_empty(created)
+                raise
         paths.append(path)
     return paths
 
@@ -156,11 +183,48 @@ def ensure_tars(root: Path, category: str) -> list[Path]:
 # --------------------------------------------------------------------------- unpacking
 
 
+class UnsafeMember(tarfile.TarError):
+    """A tar member that would land outside the destination, or is not a plain file / folder / inner link."""
+
+
+def checked_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """What ``filter="data"`` refuses, for Pythons without extraction filters (3.10 before 3.10.12, 3.11 before 3.11.4).
+
+    Every member must stay inside ``dest`` after joining (no absolute path, no ``..``), be a
+    regular file, folder or a link whose target also stays inside; anything else (device,
+    FIFO, link out) is refused. Permissions are reduced as ``filter="data"`` does.
+    """
+    dest = Path(os.path.realpath(dest))
+
+    def inside(name: str) -> bool:
+        target = Path(os.path.realpath(dest / name))
+        return target == dest or dest in target.parents
+
+    members = []
+    for m in tar.getmembers():
+        if os.path.isabs(m.name) or not inside(m.name):
+            raise UnsafeMember(f"member {m.name!r} would be written outside the destination")
+        if m.issym() or m.islnk():
+            link = os.path.join(os.path.dirname(m.name), m.linkname) if m.issym() else m.linkname
+            if os.path.isabs(m.linkname) or not inside(link):
+                raise UnsafeMember(f"link {m.name!r} -> {m.linkname!r} points outside the destination")
+        elif not (m.isfile() or m.isdir()):
+            raise UnsafeMember(f"member {m.name!r} is a device or FIFO, not a file or folder")
+        m.mode = (m.mode | 0o600 if m.isfile() else m.mode | 0o700) & 0o755
+        m.uid = m.gid = 0
+        m.uname = m.gname = ""
+        members.append(m)
+    return members
+
+
 def unpack(tar_path: Path, dest: Path) -> None:
     """Safe extraction (``filter="data"``: no absolute paths, links out of ``dest`` or device files)."""
     try:
         with tarfile.open(tar_path) as tar:
-            tar.extractall(dest, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:  # a Python without extraction filters: the same checks by hand
+                tar.extractall(dest, members=checked_members(tar, dest))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DatasetError(
             f"cannot unpack {tar_path}: {one_line(e)}. The file is damaged or incomplete: delete it and run "
@@ -193,6 +257,7 @@ def assemble(tars: list[Path], partial: Path, category: str, expected: Mapping) 
     for tar in tars:
         log.info("CoalAD: unpacking %s", tar)
         unpack(tar, unpacked)
+    make_dirs_writable(unpacked)  # the parts are moved out of their folders below
     tar_names = " and ".join(str(t) for t in tars)
     for name in PARTS:
         os.replace(locate_part(unpacked, name, tar_names), staged / name)
@@ -205,6 +270,32 @@ def assemble(tars: list[Path], partial: Path, category: str, expected: Mapping) 
         )
     write_marker(staged, counts)
     return staged
+
+
+def make_dirs_writable(folder: Path) -> None:
+    """Give the owner rwx on ``folder`` and every folder below it (a tar may carry read-only folder modes)."""
+    stack = [str(folder)]
+    while stack:
+        path = stack.pop()
+        try:
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+            stack += [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            pass
+
+
+def remove_tree(folder: Path, strict: bool = True) -> None:
+    """Delete ``folder`` and everything in it, read-only subfolders too.
+
+    With ``strict``, a folder that cannot be removed is a DatasetError naming it.
+    """
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink(missing_ok=True)
+    elif folder.is_dir():
+        make_dirs_writable(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    if strict and os.path.lexists(folder):
+        raise DatasetError(f"cannot remove {folder} (left by an interrupted unpacking): delete it by hand and run again")
 
 
 def download_coalad(root, category: str = "coal_ad", expected: Mapping = EXPECTED_COUNTS) -> Path:
@@ -233,11 +324,11 @@ def download_coalad(root, category: str = "coal_ad", expected: Mapping = EXPECTE
         )
     tars = ensure_tars(root, category)
     partial = root / f".{category}.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+    remove_tree(partial)  # left by an interrupted run: never used, always unpacked again
     try:
         staged = assemble(tars, partial, category, expected)
         os.replace(staged, target)  # atomic: the folder appears complete, with its marker, or not at all
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_tree(partial, strict=False)
     log.info("CoalAD: ready at %s (%s)", target, describe_counts(count_images(target)))
     return target
