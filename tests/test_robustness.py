@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from usad import metrics
-from usad.artifacts import ArtifactError, atomic_write, load_artifact
+from usad.artifacts import FORMAT, ArtifactError, atomic_write, load_artifact
 from usad.config import ConfigError, load_config, with_overrides
 from usad.data.checks import check_dataset
 from usad.data import dataset as ds
@@ -280,7 +280,7 @@ def test_malicious_pickle_is_never_executed(tmp_path, monkeypatch, coal):
     marker = tmp_path / "executed"
     monkeypatch.setenv("USAD_MARKER", str(marker))
     evil = tmp_path / "maclu.pt"
-    torch.save({"format": "usad-branch/1", "tensors": {}, "x": Payload()}, evil)
+    torch.save({"format": FORMAT, "tensors": {}, "x": Payload()}, evil)
     with pytest.raises(ArtifactError, match=f"{evil} is not a readable usad model file"):
         load_artifact(evil, "maclu", {}, "python train_ma_clu.py")
     with open(tmp_path / "plain.pkl", "wb") as f:
@@ -308,12 +308,36 @@ def test_truncated_or_tampered_model_file(trained):
     with pytest.raises(ArtifactError, match=f"{path} holds a 'maclu' model, expected 'ma2patch'"):
         load_branches(trained, torch.device("cpu"))
     torch.save({"format": "something-else", "tensors": {}}, path)      # not our format
-    with pytest.raises(ArtifactError, match="is not a usad model file of format usad-branch/1"):
+    with pytest.raises(ArtifactError, match=f"is not a usad model file of format {FORMAT}"):
         load_branches(trained, torch.device("cpu"))
     before = tree_hashes(models)
     with pytest.raises(ArtifactError):
         load_branches(trained, torch.device("cpu"))
     assert tree_hashes(models) == before  # a failed load never touches the files
+
+
+def test_a_changed_byte_in_a_model_tensor_is_refused(trained):
+    """A file that still unpickles but whose tensor bytes changed after saving (bit rot, hand edits) is refused."""
+    path = model_path(trained, "ma2patch")
+    payload = torch.load(path, weights_only=True)
+    mu = payload["tensors"]["mu"].numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(mu)  # torch.save stores tensor bytes verbatim
+    assert at > 0 and bytes(data).find(mu, at + 1) == -1
+    data[at + 5] ^= 0x01  # one bit of one float of mu
+    path.write_bytes(bytes(data))
+    changed = torch.load(path, weights_only=True)  # still a well-formed file: only the checksum can tell
+    assert not torch.equal(changed["tensors"]["mu"], payload["tensors"]["mu"])
+    with pytest.raises(ArtifactError, match=f"{path}: its content does not match the checksum .*train_ma2patch.py"):
+        load_branches(trained, torch.device("cpu"))
+    changed["info"]["edited"] = True  # a value changed and re-saved with torch.save: same verdict
+    changed["tensors"]["mu"] = payload["tensors"]["mu"]
+    torch.save(changed, path)
+    with pytest.raises(ArtifactError, match="does not match the checksum"):
+        load_branches(trained, torch.device("cpu"))
+    del changed["info"]["edited"]
+    torch.save(changed, path)  # the original content again: loads
+    load_branches(trained, torch.device("cpu"))
 
 
 def test_model_from_another_config_refuses_to_load_naming_values(trained):

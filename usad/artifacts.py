@@ -1,13 +1,18 @@
 """Saved branch models: tensors and plain metadata only, written atomically.
 
-A file holds ``{"format", "branch", "fit_config", "tensors", "info"}``.
+A file holds ``{"format", "branch", "fit_config", "tensors", "info", "sha256"}``.
 ``fit_config`` records every config value the branch was fitted with; loading
 under a config that differs in any of them fails and names the values.
+``sha256`` covers everything else (values, tensor dtypes, shapes and bytes), so
+a file changed after it was written (a flipped byte in a tensor that still
+unpickles) is refused instead of silently giving other scores.
 Files load with ``torch.load(weights_only=True)``: no code is executed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -18,7 +23,7 @@ import torch
 
 from .errors import UsadError
 
-FORMAT = "usad-branch/1"
+FORMAT = "usad-branch/2"  # /2: with the sha256 of the content
 
 
 class ArtifactError(UsadError, RuntimeError):
@@ -86,6 +91,19 @@ def atomic_write(path: Path, write, durable: bool = True) -> None:
         raise
 
 
+def content_sha256(payload: dict) -> str:
+    """SHA-256 of a model file's content: format, branch, fit_config, info, and every tensor's name, dtype,
+    shape and bytes."""
+    h = hashlib.sha256()
+    meta = {k: payload.get(k) for k in ("format", "branch", "fit_config", "info")}
+    h.update(json.dumps(meta, sort_keys=True, default=repr).encode())
+    for name in sorted(payload["tensors"]):
+        t = payload["tensors"][name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_artifact(path: Path, branch: str, fit_config: dict, tensors: dict[str, torch.Tensor], info: dict | None = None) -> None:
     payload = {
         "format": FORMAT,
@@ -94,6 +112,7 @@ def save_artifact(path: Path, branch: str, fit_config: dict, tensors: dict[str, 
         "tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
         "info": info or {},
     }
+    payload["sha256"] = content_sha256(payload)
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -111,6 +130,10 @@ def load_artifact(path: Path, branch: str, fit_config: dict, train_hint: str) ->
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("tensors"), dict):
         raise ArtifactError(f"{path} is not a usad model file of format {FORMAT}; retrain with `{train_hint}`")
+    if not all(isinstance(t, torch.Tensor) for t in payload["tensors"].values()) or \
+            payload.get("sha256") != content_sha256(payload):
+        raise ArtifactError(f"{path}: its content does not match the checksum written with it (changed or damaged "
+                            f"after it was saved); retrain with `{train_hint}`")
     if payload.get("branch") != branch:
         raise ArtifactError(f"{path} holds a {payload.get('branch')!r} model, expected {branch!r}")
     saved = payload.get("fit_config", {})
