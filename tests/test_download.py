@@ -198,6 +198,14 @@ def test_manual_member_checks_refuse_what_the_data_filter_refuses(source, tmp_pa
     assert not list(dest.iterdir())
 
 
+def add_escaping_member(tar_path):
+    """Append a member whose path leads out of the destination (``../escaped.png``)."""
+    with tarfile.open(tar_path, "a") as tar:
+        info = tarfile.TarInfo("../escaped.png")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+
+
 def test_python_without_extraction_filters_unpacks_the_same_and_refuses_the_same(source, tmp_path, monkeypatch):
     """3.10 before 3.10.12 and 3.11 before 3.11.4 have no filter="data": the manual checks take over."""
     monkeypatch.delattr(tarfile, "data_filter", raising=False)
@@ -207,10 +215,7 @@ def test_python_without_extraction_filters_unpacks_the_same_and_refuses_the_same
     assert files(out) == files(source) and is_complete(out, SMALL)
     other = tmp_path / "other"
     train_tar, _ = write_tars(source, other / ".downloads")
-    with tarfile.open(train_tar, "a") as tar:
-        info = tarfile.TarInfo("../escaped.png")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"abc"))
+    add_escaping_member(train_tar)
     with pytest.raises(DatasetError, match=f"cannot unpack {train_tar}: UnsafeMember: member '../escaped.png' would be "
                                            f"written outside the destination"):
         download_coalad(other, expected=SMALL)
@@ -230,10 +235,7 @@ def test_wrong_counts_name_expected_and_found(source, tmp_path):
 def test_unsafe_tar_member_is_refused(source, tmp_path):
     root = tmp_path / "data"
     train_tar, _ = write_tars(source, root / ".downloads")
-    with tarfile.open(train_tar, "a") as tar:
-        info = tarfile.TarInfo("../escaped.png")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"abc"))
+    add_escaping_member(train_tar)
     with pytest.raises(DatasetError, match="cannot unpack"):
         download_coalad(root, expected=SMALL)
     assert not (root / "escaped.png").exists() and not (tmp_path / "escaped.png").exists()
