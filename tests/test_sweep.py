@@ -117,6 +117,10 @@ def test_bad_values_are_rejected_before_any_compute(golden_run, monkeypatch, cap
     with caplog.at_level(logging.ERROR, logger="usad"):
         assert run_cli(sweep.main, argv + ["--sweep", "ma2patch_resolution", "--values", "308,304"]) == 2
     assert "304" in caplog.text and "patch size 14" in caplog.text and "308" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="usad"):
+        assert run_cli(sweep.main, argv + ["--sweep", "maclu_resolution", "--values", "350,0"]) == 2
+    assert "maclu.image_size = 0 in --values is not a whole number of pixels >= the patch size 14" in caplog.text
     assert not (out / "ma2patch_resolution.csv").exists()
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="usad"):

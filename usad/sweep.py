@@ -38,7 +38,7 @@ import torch
 
 from . import metrics
 from .artifacts import atomic_write
-from .backbones import resolve_device
+from .backbones import check_patch_multiple, resolve_device
 from .config import add_config_args, config_from_args, with_overrides
 from .data.dataset import TestDataset, make_loader
 from .errors import UsadError
@@ -75,14 +75,17 @@ def parse_values(text: str) -> list[float]:
     return values
 
 
-def patch_size(branches: dict, sweep: str) -> int | None:
-    """The patch size of the ViT a resolution sweep refits, from the built model (None for tau)."""
-    return branches[BRANCH_OF[sweep]].backbone.patch_size if sweep in BRANCH_OF else None
+def swept_backbone(branches: dict, sweep: str) -> tuple[int | None, str]:
+    """The patch size (from the built model) and name of the ViT a resolution sweep refits (None, "" for tau)."""
+    if sweep not in BRANCH_OF:
+        return None, ""
+    branch = branches[BRANCH_OF[sweep]]
+    return branch.backbone.patch_size, branch.cfg.backbone
 
 
-def check_values(sweep: str, values, patch: int | None) -> list:
+def check_values(sweep: str, values, patch: int | None, backbone: str = "") -> list:
     """The sweep's values, checked before any compute: finite taus; resolutions that are whole
-    multiples of the branch ViT's patch size ``patch`` (a square grid of whole patches)."""
+    multiples of the branch ViT's (``backbone``) patch size ``patch`` (a square grid of whole patches)."""
     if not values:
         raise SweepError(f"--sweep {sweep}: no values given")
     bad = [v for v in values if not math.isfinite(v)]
@@ -92,12 +95,10 @@ def check_values(sweep: str, values, patch: int | None) -> list:
         return [float(v) for v in values]
     branch = BRANCH_OF[sweep]
     for v in values:
-        if v != int(v) or int(v) < patch or int(v) % patch:
-            near = sorted({max(patch, int(v) // patch * patch), max(patch, (int(v) // patch + 1) * patch)})
-            raise SweepError(
-                f"--sweep {sweep}: {branch}.image_size = {v:g} is not a positive multiple of the patch size {patch} "
-                f"of the {branch} backbone ({BRANCH_NAME[branch]} needs a whole number of patches per side): "
-                f"use e.g. {' or '.join(map(str, near))} in --values")
+        if v != int(v) or v < patch:
+            raise SweepError(f"--sweep {sweep}: {branch}.image_size = {v:g} in --values is not a whole number of "
+                             f"pixels >= the patch size {patch}")
+        check_patch_multiple(int(v), patch, backbone, branch)  # the backbone's own check, before any point runs
     return [int(v) for v in values]
 
 
@@ -233,7 +234,7 @@ def plot(path: Path, rows: list[dict], x: str, title: str, branch: str | None = 
 def run_sweep(cfg, sweep: str, values=None, branches: dict | None = None) -> list[dict]:
     """One sweep (default: the paper's values); the CSV and PNG are rewritten after every point."""
     branches = branches or load_branches(cfg, resolve_device(cfg.device))
-    values = check_values(sweep, DEFAULT_VALUES[sweep] if values is None else values, patch_size(branches, sweep))
+    values = check_values(sweep, DEFAULT_VALUES[sweep] if values is None else values, *swept_backbone(branches, sweep))
     out, x = results_dir(cfg) / "sweeps", "tau" if sweep == "tau" else "image_size"
     points = tau_points(cfg, values, branches) if sweep == "tau" else resolution_points(cfg, sweep, values, branches)
     rows = []
@@ -258,7 +259,7 @@ def main(argv=None):
     cfg = config_from_args(args)
     branches = load_branches(cfg, resolve_device(cfg.device))
     sweeps = list(DEFAULT_VALUES) if args.sweep == "all" else [args.sweep]
-    plan = {s: check_values(s, args.values or DEFAULT_VALUES[s], patch_size(branches, s)) for s in sweeps}  # all before any runs
+    plan = {s: check_values(s, args.values or DEFAULT_VALUES[s], *swept_backbone(branches, s)) for s in sweeps}  # all before any runs
     for sweep, values in plan.items():
         run_sweep(cfg, sweep, values, branches)
 
