@@ -111,6 +111,18 @@ def probe_vit(name: str, kwargs: dict, model_kwargs: dict, key: str) -> int:
     return int(patch[0])
 
 
+def vit_kwargs(image_size: int, model_kwargs: dict | None) -> dict:
+    """timm.create_model arguments of a branch ViT: no head, built at the branch size (position embedding resampled)."""
+    return dict(num_classes=0, dynamic_img_size=True, img_size=image_size, **(model_kwargs or {}))
+
+
+def check_vit(name: str, image_size: int, model_kwargs: dict | None, key: str) -> int:
+    """The name, ``model_kwargs`` and image size of a branch ViT, on a weightless build; its patch size."""
+    patch = probe_vit(name, vit_kwargs(image_size, model_kwargs), model_kwargs or {}, key)
+    check_patch_multiple(image_size, patch, name, key)
+    return patch
+
+
 def check_patch_multiple(image_size: int, patch: int, name: str, key: str) -> None:
     """The ViT cuts the image into patch x patch tiles: the size must be a multiple of the patch size."""
     if image_size % patch:
@@ -132,10 +144,8 @@ class ViTFeatures(nn.Module):
         super().__init__()
         import timm
 
-        kwargs = dict(num_classes=0, dynamic_img_size=True, img_size=image_size, **(model_kwargs or {}))
-        # the config is checked on a weightless (meta) build first, before any download or file read
-        self.patch_size = probe_vit(name, kwargs, model_kwargs or {}, key)
-        check_patch_multiple(image_size, self.patch_size, name, key)
+        kwargs = vit_kwargs(image_size, model_kwargs)
+        self.patch_size = check_vit(name, image_size, model_kwargs, key)  # before any download or file read
         if weights is not None:
             path = _check_file(weights, key)
             try:
@@ -192,9 +202,7 @@ def check_backbone(section, key: str) -> None:
     if key == "patchcore":
         resnet_builder(section.backbone, key)
         return
-    kwargs = dict(num_classes=0, dynamic_img_size=True, img_size=section.image_size, **(section.model_kwargs or {}))
-    check_patch_multiple(section.image_size, probe_vit(section.backbone, kwargs, section.model_kwargs or {}, key),
-                         section.backbone, key)
+    check_vit(section.backbone, section.image_size, section.model_kwargs, key)
 
 
 class ResNetFeatures(nn.Module):
