@@ -1,5 +1,6 @@
 """Shared fixtures: the golden fixture in ../shared/golden and configs pointing at it."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -81,3 +82,12 @@ def golden_run(tmp_path_factory):
     result = test_fusion.main(argv + ["--save-predictions", str(out), "--heatmaps", "2", "--ablation"])
     return {"ref": np.load(golden / "reference.npz"), "ours": np.load(out), "metrics": result, "tmp": tmp,
             "argv": argv, "config": golden_config(tmp)}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``folder``, by relative path: compare before and after to see that nothing changed."""
+    return {p.relative_to(folder).as_posix(): sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,6 +1,5 @@
 """CoalAD download/unpack/verify: a real (offline) ModelScope attempt and tars built from a synthetic set."""
 
-import hashlib
 import io
 import json
 import logging
@@ -18,7 +17,7 @@ from usad.data.coalad import (EXPECTED_COUNTS, MARKER, DatasetUnavailableError, 
 from usad.data.dataset import DatasetError
 from usad.data.synthetic import make_synthetic_coalad
 
-from conftest import REPO
+from conftest import REPO, tree_hashes
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -46,10 +45,6 @@ def write_tars(source: Path, downloads: Path, top: str | None = "coal_ad") -> tu
             for part in parts:
                 tar.add(source / part, arcname=prefix + part)
     return paths
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def leftovers(root: Path) -> list[str]:
@@ -129,14 +124,14 @@ def test_truncated_tar_is_a_clear_error_and_leaves_nothing(source, tmp_path):
     _, test_tar = write_tars(source, root / ".downloads")
     data = test_tar.read_bytes()
     test_tar.write_bytes(data[: len(data) // 2])
-    tars = hashes(root / ".downloads")
+    tars = tree_hashes(root / ".downloads")
     with pytest.raises(DatasetError) as info:
         download_coalad(root, expected=SMALL)
     msg = str(info.value)
     assert msg == (f"cannot unpack {test_tar}: ReadError: unexpected end of data. The file is damaged or incomplete: "
                    f"delete it and run again to download it again, or replace it with a complete copy.")
     assert not isinstance(info.value, DatasetUnavailableError)
-    assert hashes(root / ".downloads") == tars  # the tars are kept as they were: the message tells what to do
+    assert tree_hashes(root / ".downloads") == tars  # the tars are kept as they were: the message tells what to do
     assert not (root / "coal_ad").exists()
     assert not is_complete(root / "coal_ad", SMALL)
     assert leftovers(root) == []

@@ -1,6 +1,5 @@
 """Bad input gets a clear error naming the file, and nothing is lost (issue: robustness and safety)."""
 
-import hashlib
 import io
 import logging
 import os
@@ -31,15 +30,7 @@ from usad.ops import minmax_normalize
 from usad.pipeline import NonFiniteError, build_branch, evaluate, load_branches, model_path, run_cli, train_branch
 from usad.report import write_json
 
-from conftest import REPO, TINY_VIT_B, tiny_config
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def tree_hashes(folder):
-    return {p.relative_to(folder).as_posix(): sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+from conftest import REPO, TINY_VIT_B, sha, tiny_config, tree_hashes
 
 
 @pytest.fixture
