@@ -1,4 +1,9 @@
-"""Shared fixtures: the golden fixture in ../shared/golden and configs pointing at it."""
+"""Shared fixtures: the golden fixtures and configs pointing at them.
+
+Two golden fixtures (the authors' outputs on a fixed input, tests/golden/README.md):
+- ``repo``: tests/golden, committed, compact; always there, never skipped;
+- ``shared``: ../shared/golden (or $USAD_GOLDEN), larger; skipped where absent (a failure under CI=1).
+"""
 
 import hashlib
 import os
@@ -9,7 +14,8 @@ import pytest
 from usad.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(os.environ.get("USAD_GOLDEN", REPO.parent / "shared" / "golden"))
+GOLDEN = Path(os.environ.get("USAD_GOLDEN", REPO.parent / "shared" / "golden"))  # the shared fixture
+GOLDEN_FIXTURES = {"repo": REPO / "tests" / "golden", "shared": GOLDEN}
 GOLDEN_CONFIG = REPO / "tests" / "golden.yaml"
 
 # Tiny random ViTs with the golden checkpoints' shapes (no weights needed).
@@ -19,29 +25,33 @@ TINY_VIT_B = {"depth": 2, "embed_dim": 24, "num_heads": 2, "init_values": 1.0}
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying the hub for 30 s
 
 
-def require_golden() -> Path:
-    if not (GOLDEN / "reference.npz").is_file():
+def require_golden(fixture: str = "repo") -> Path:
+    """The folder of golden fixture ``repo`` (tests/golden) or ``shared`` (../shared/golden)."""
+    path = GOLDEN_FIXTURES[fixture]
+    if not (path / "reference.npz").is_file():
+        if fixture == "repo":
+            pytest.fail(f"the committed golden fixture is missing at {path}: restore tests/golden from git")
         if os.environ.get("CI"):
-            pytest.fail(f"golden fixture missing at {GOLDEN}: CI must have ../shared beside the checkout")
-        pytest.skip(f"golden fixture not found at {GOLDEN}")
-    return GOLDEN
+            pytest.fail(f"golden fixture missing at {path}: CI must have ../shared beside the checkout")
+        pytest.skip(f"golden fixture not found at {path}")
+    return path
 
 
-def golden_overrides(tmp_path: Path) -> list[str]:
+def golden_overrides(tmp_path: Path, fixture: str = "repo") -> list[str]:
     """``--set`` values putting the golden data/weights under paper defaults, outputs under tmp_path."""
-    g = require_golden()
+    g = require_golden(fixture)
     return [
         f"data.root={g}", "data.category=data",
         f"maclu.weights={g / 'weights' / 'maclu_vit_tiny.pth'}",
         f"ma2patch.weights={g / 'weights' / 'ma2patch_vit_tiny.pth'}",
         f"patchcore.weights={g / 'weights' / 'patchcore_resnet18.pth'}",
         f"paths.models={tmp_path / 'models'}", f"paths.results={tmp_path / 'results'}",
-        "device=cpu",
+        f"device={os.environ.get('USAD_TEST_DEVICE', 'cpu')}",  # e.g. USAD_TEST_DEVICE=cuda (benchmarks/gpu.sh)
     ]
 
 
-def golden_config(tmp_path: Path, *overrides: str):
-    return load_config(GOLDEN_CONFIG, golden_overrides(tmp_path) + list(overrides))
+def golden_config(tmp_path: Path, *overrides: str, fixture: str = "repo"):
+    return load_config(GOLDEN_CONFIG, golden_overrides(tmp_path, fixture) + list(overrides))
 
 
 def tiny_config(tmp_path: Path, data_root: Path, category: str = "coal_ad", *overrides: str):
@@ -56,16 +66,15 @@ def tiny_config(tmp_path: Path, data_root: Path, category: str = "coal_ad", *ove
     ])
 
 
-def golden_argv(tmp_path: Path) -> list[str]:
+def golden_argv(tmp_path: Path, fixture: str = "repo") -> list[str]:
     argv = ["--config", str(GOLDEN_CONFIG)]
-    for o in golden_overrides(tmp_path):
+    for o in golden_overrides(tmp_path, fixture):
         argv += ["--set", o]
     return argv
 
 
-@pytest.fixture(scope="session")
-def golden_run(tmp_path_factory):
-    """The three training scripts and test_fusion.py (with --ablation) on the golden fixture, once."""
+def run_golden(fixture: str, tmp: Path) -> dict:
+    """The three training scripts and test_fusion.py (with --ablation) on golden fixture ``fixture``."""
     import numpy as np
 
     import test_fusion
@@ -73,15 +82,34 @@ def golden_run(tmp_path_factory):
     import train_ma_clu
     import train_pc
 
-    golden = require_golden()
-    tmp = tmp_path_factory.mktemp("golden")
-    argv = golden_argv(tmp)
+    golden = require_golden(fixture)
+    argv = golden_argv(tmp, fixture)
     for script in (train_ma_clu, train_ma2patch, train_pc):
         script.main(argv)
     out = tmp / "predictions.npz"
     result = test_fusion.main(argv + ["--save-predictions", str(out), "--heatmaps", "2", "--ablation"])
     return {"ref": np.load(golden / "reference.npz"), "ours": np.load(out), "metrics": result, "tmp": tmp,
-            "argv": argv, "config": golden_config(tmp)}
+            "argv": argv, "config": golden_config(tmp, fixture=fixture), "fixture": fixture, "golden": golden}
+
+
+@pytest.fixture(scope="session")
+def golden_runs(tmp_path_factory):
+    """``golden_runs(fixture)``: the golden run on that fixture, made once per session."""
+    done = {}
+
+    def get(fixture: str) -> dict:
+        if fixture not in done:
+            require_golden(fixture)  # skip (or fail) before any work
+            done[fixture] = run_golden(fixture, tmp_path_factory.mktemp(f"golden_{fixture}"))
+        return done[fixture]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def golden_run(golden_runs):
+    """The golden run on the committed fixture (tests/golden): every clone has it."""
+    return golden_runs("repo")
 
 
 def sha(path: Path) -> str:

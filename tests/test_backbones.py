@@ -190,3 +190,19 @@ def test_missing_or_mismatched_weight_files(tmp_path):
     vit_path = require_golden() / "weights" / "maclu_vit_tiny.pth"
     with pytest.raises(BackboneWeightsError, match="does not fit"):
         ViTFeatures("vit_small_patch14_dinov2.lvd142m", 350, weights=str(vit_path), model_kwargs=TINY_VIT_B)
+
+
+def test_resnet_checkpoint_may_leave_out_only_the_unused_layers(tmp_path):
+    """layer4 and fc never run (PatchCore taps layer2/layer3): a checkpoint without them loads; any other gap is refused."""
+    full = torchvision.models.resnet18(weights=None).state_dict()
+    used = {k: v for k, v in full.items() if not k.startswith(("layer4.", "fc."))}
+    torch.save(used, tmp_path / "used.pth")
+    net = ResNetFeatures("resnet18", weights=str(tmp_path / "used.pth"))
+    assert torch.equal(net.layer3[1].conv2.weight, used["layer3.1.conv2.weight"])
+    for drop in ("layer3.1.conv2.weight", "bn1.running_var"):
+        torch.save({k: v for k, v in used.items() if k != drop}, tmp_path / "gap.pth")
+        with pytest.raises(BackboneWeightsError, match=f"does not fit torchvision 'resnet18'.*{drop}"):
+            ResNetFeatures("resnet18", weights=str(tmp_path / "gap.pth"))
+    torch.save({**full, "layer5.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(BackboneWeightsError, match="unexpected keys.*layer5.weight"):
+        ResNetFeatures("resnet18", weights=str(tmp_path / "extra.pth"))

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 import test_fusion
+import usad.evaluation
 from test_fusion import pick_images
 from usad.figures import BAR_HEIGHT, save_panels
 from usad.pipeline import Predictions
@@ -48,9 +49,9 @@ def golden_preds(golden_run):
 def test_panels_on_golden(golden_preds, tmp_path):
     root = require_golden() / "data"
     size = golden_preds.maps["m_fused"].shape[-1]
-    paths = save_panels(tmp_path, root, golden_preds, [0, 5])
-    assert [p.name for p in paths] == ["bag_002_panel.png", "good_003_panel.png"]
-    for i, path in zip([0, 5], paths):
+    paths = save_panels(tmp_path, root, golden_preds, [0, 4])  # an anomalous and a normal image
+    assert [p.name for p in paths] == ["bag_000_panel.png", "good_003_panel.png"]
+    for i, path in zip([0, 4], paths):
         panel = read_rgb(path)
         assert panel.shape == (size + 2 * BAR_HEIGHT, 6 * size, 3)
         t = tiles(panel, size)
@@ -102,8 +103,8 @@ def test_default_selection_mixes_anomalous_and_normal_images(golden_run):
     results = golden_run["tmp"] / "results" / "data"
     heatmaps = sorted(p.name for p in (results / "heatmaps").glob("*.png"))
     panels = sorted(p.name for p in (results / "panels").glob("*.png"))
-    assert heatmaps == ["bag_002.png", "good_000.png"]  # the first anomalous and the first normal image
-    assert panels == ["bag_002_panel.png", "bag_006_panel.png", "good_000_panel.png", "good_001_panel.png"]
+    assert heatmaps == ["bag_000.png", "good_000.png"]  # the first anomalous and the first normal image
+    assert panels == ["bag_000_panel.png", "good_000_panel.png", "good_001_panel.png", "metal_000_panel.png"]
 
 
 def test_pick_images():
@@ -120,7 +121,7 @@ def test_pick_images():
 @pytest.mark.parametrize("option", ["--heatmaps", "--panels"])
 @pytest.mark.parametrize("value", ["eight", "-1", "2.5", ""])
 def test_bad_image_counts_fail_at_parse_time(golden_run, monkeypatch, capsys, option, value):
-    monkeypatch.setattr(test_fusion, "evaluate", lambda *a, **k: pytest.fail("evaluated before the options were checked"))
+    monkeypatch.setattr(usad.evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated before the options were checked"))
     with pytest.raises(SystemExit) as e:
         test_fusion.main(golden_run["argv"] + [option, value])
     assert e.value.code == 2

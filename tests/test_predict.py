@@ -35,7 +35,7 @@ def eval_score(golden_run, rel: str, key: str = "s_fused") -> float:
 
 def test_detector_matches_evaluation(golden_run, detector):
     ours = golden_run["ours"]
-    idx = [0, 2, 9, 13, 15]  # anomalous and normal test images
+    idx = [0, 2, 4, 5, 7]  # anomalous and normal test images
     results = detector.predict([require_golden() / "data" / ours["files"][i] for i in idx])
     for key, attr in (("s_fused", "score"), ("s_obj", "s_obj"), ("s_attr", "s_attr"), ("s_pc", "s_pc")):
         np.testing.assert_allclose([getattr(r, attr) for r in results], ours[key][idx], atol=1e-4, err_msg=key)
@@ -47,14 +47,15 @@ def test_detector_matches_evaluation(golden_run, detector):
 def test_detector_accepts_paths_pil_and_arrays(detector):
     path = require_golden() / "data" / "test" / "wood" / "000.png"
     pil = Image.open(path)
+    side = pil.size[0]  # the fixture's images are square
     rgb = np.asarray(pil.convert("RGB"))
     by_path, by_str, by_pil, by_array, by_rgba = detector.predict(
         [path, str(path), pil, rgb, np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])])
     for r in (by_str, by_pil, by_array, by_rgba):
         assert r.score == pytest.approx(by_path.score, abs=1e-5)
         np.testing.assert_allclose(r.maps["m_fused"], by_path.maps["m_fused"], atol=1e-5)
-    assert by_path.original_size == (256, 256)
-    assert by_path.anomaly_map().shape == (256, 256)
+    assert by_path.original_size == (side, side)
+    assert by_path.anomaly_map().shape == (side, side)
     assert by_path.anomaly_map(original_size=False).shape == (EVAL, EVAL)
     # one image without a list; a grayscale array is read as RGB with three equal channels
     gray = rgb.mean(axis=2).astype(np.uint8)
@@ -74,7 +75,7 @@ def test_detector_rejects_bad_inputs_clearly(detector, bad):
 
 def test_non_square_image_is_stretched_to_the_square_eval_size(detector):
     """A 300 x 180 image scores as that image stretched (bicubic) to eval_size x eval_size; its map comes back 300 x 180."""
-    img = Image.open(require_golden() / "data" / "test" / "bag" / "002.png").convert("RGB").resize((300, 180), Image.BICUBIC)
+    img = Image.open(require_golden() / "data" / "test" / "bag" / "000.png").convert("RGB").resize((300, 180), Image.BICUBIC)
     stretched = img.resize((EVAL, EVAL), Image.BICUBIC)
     wide, square = detector.predict([img, stretched])
     assert wide.original_size == (300, 180) and square.original_size == (EVAL, EVAL)
@@ -100,9 +101,9 @@ def predicted(golden_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("belt")
     (folder / "sub").mkdir()
     (folder / ".hidden").mkdir()
-    shutil.copy(src / "bag" / "006.png", folder / "a_square.png")                         # anomalous, 256 x 256
-    shutil.copy(src / "good" / "004.png", folder / "e_normal.png")                        # normal, 256 x 256
-    Image.open(src / "bag" / "002.png").resize((300, 180)).save(folder / "b_wide.png")
+    shutil.copy(src / "wood" / "000.png", folder / "a_square.png")                        # anomalous, SIDE x SIDE
+    shutil.copy(src / "good" / "003.png", folder / "e_normal.png")                        # normal, SIDE x SIDE
+    Image.open(src / "bag" / "000.png").resize((300, 180)).save(folder / "b_wide.png")
     Image.open(src / "good" / "000.png").resize((90, 140)).save(folder / "sub" / "c_tall.jpg")
     Image.open(src / "good" / "001.png").convert("L").resize((64, 64)).save(folder / "sub" / "e_normal.png")  # same stem
     Image.new("RGB", (120, 80)).save(folder / "f_black.png")                            # a blank frame
@@ -110,7 +111,7 @@ def predicted(golden_run, tmp_path_factory):
     (folder / "notes.txt").write_text("not an image")
     shutil.copy(src / "good" / "002.png", folder / ".hidden" / "skip.png")
     shutil.copy(src / "good" / "002.png", folder / ".skip.png")
-    threshold = (eval_score(golden_run, "test/bag/006.png") + eval_score(golden_run, "test/good/004.png")) / 2
+    threshold = (eval_score(golden_run, "test/wood/000.png") + eval_score(golden_run, "test/good/003.png")) / 2
     out = tmp_path_factory.mktemp("predict")
     argv = golden_run["argv"] + ["--set", "data.batch_size=3", "--threshold", str(threshold), "--out", str(out), str(folder)]
     rc = predict_main(argv)
@@ -119,7 +120,8 @@ def predicted(golden_run, tmp_path_factory):
     return {"rc": rc, "rows": rows, "out": out, "folder": folder, "threshold": threshold}
 
 
-OK_FILES = {"a_square.png": (256, 256), "b_wide.png": (300, 180), "e_normal.png": (256, 256),
+SIDE = 128  # the golden fixture's image size (tests/golden/manifest.json)
+OK_FILES = {"a_square.png": (SIDE, SIDE), "b_wide.png": (300, 180), "e_normal.png": (SIDE, SIDE),
             "f_black.png": (120, 80), "sub/c_tall.jpg": (90, 140), "sub/e_normal.png": (64, 64)}
 
 
@@ -175,28 +177,28 @@ def test_outputs_per_image(predicted, name):
 def test_scores_and_verdicts(golden_run, predicted):
     rows, t = predicted["rows"], predicted["threshold"]
     # unchanged test images score exactly as in the evaluation
-    assert float(rows["a_square.png"]["score"]) == pytest.approx(eval_score(golden_run, "test/bag/006.png"), abs=1e-4)
-    assert float(rows["e_normal.png"]["score"]) == pytest.approx(eval_score(golden_run, "test/good/004.png"), abs=1e-4)
+    assert float(rows["a_square.png"]["score"]) == pytest.approx(eval_score(golden_run, "test/wood/000.png"), abs=1e-4)
+    assert float(rows["e_normal.png"]["score"]) == pytest.approx(eval_score(golden_run, "test/good/003.png"), abs=1e-4)
     assert rows["a_square.png"]["verdict"] == "anomalous" and rows["e_normal.png"]["verdict"] == "normal"
     for name in OK_FILES:
         assert rows[name]["verdict"] == ("anomalous" if float(rows[name]["score"]) > t else "normal")
 
 
 def test_printed_table(golden_run, tmp_path, capsys):
-    image = require_golden() / "data" / "test" / "good" / "004.png"
+    image = require_golden() / "data" / "test" / "good" / "003.png"
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
     rc = predict_main(golden_run["argv"] + ["--out", str(tmp_path / "o"), str(image), str(bad)])
     text = capsys.readouterr().out
     assert rc == 1
     assert "score" in text and "s_attr" in text
-    assert f"{eval_score(golden_run, 'test/good/004.png'):.4f}" in text
+    assert f"{eval_score(golden_run, 'test/good/003.png'):.4f}" in text
     assert f"{bad}" in text and "error: cannot read image" in text
-    assert (tmp_path / "o" / "004_overlay.png").is_file()
+    assert (tmp_path / "o" / "003_overlay.png").is_file()
 
 
 def test_config_and_input_errors_exit_2(golden_run, tmp_path):
-    image = str(require_golden() / "data" / "test" / "good" / "004.png")
+    image = str(require_golden() / "data" / "test" / "good" / "003.png")
     no_models = golden_run["argv"] + ["--set", f"paths.models={tmp_path / 'none'}", "--out", str(tmp_path / "o"), image]
     assert run_cli(predict_main, no_models) == 2
     assert run_cli(predict_main, golden_run["argv"] + [str(tmp_path / "missing.png")]) == 2

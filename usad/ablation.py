@@ -19,13 +19,7 @@ import torch
 
 from . import metrics
 from .fusion import final_blur, fused_score, hadamard, product_map
-
-# Paper values (%), ../shared/usad-reference.md Sec. 8.
-PAPER_TABLE2 = {"s_obj": 97.32, "s_pc": 94.27, "s_M": 94.48, "s_obj+s_pc": 98.52,
-                "s_obj+s_M": 98.19, "s_pc+s_M": 96.91, "s_fused": 98.83}
-PAPER_TABLE3 = {"M_obj": (95.75, 81.15), "M_attr": (94.08, 75.90), "M_pc": (88.42, 74.65),
-                "M_obj*M_attr": (97.43, 86.96), "M_obj*M_pc": (96.96, 87.36),
-                "M_attr*M_pc": (96.90, 85.05), "M_fused": (98.24, 89.88)}
+from .report import PAPER_TABLE2, PAPER_TABLE3, format_table  # the paper's values live with Table 1's
 
 MAP_KEYS = {"M_obj": "m_obj", "M_attr": "m_attr", "M_pc": "m_pc"}
 
@@ -57,24 +51,23 @@ def pixel_map(name: str, maps: dict[str, np.ndarray], fusion_cfg, chunk: int = 3
     return out
 
 
-def ablation(preds, fusion_cfg) -> dict:
-    """Stable keys: ``image.<score>`` -> Image-AUC (7), ``pixel.<map>`` -> {pixel_auroc, pro_auc_usad, aupro_0.3} (7)."""
+def ablation(preds, fusion_cfg, device=None) -> dict:
+    """Stable keys: ``image.<score>`` -> Image-AUC (7), ``pixel.<map>`` -> {pixel_auroc, pro_auc_usad, aupro_0.3} (7).
+    Pixel metrics on ``device`` (default: NumPy on the host)."""
     result = {}
     for name, s in image_scores(preds.scores, fusion_cfg).items():
         result[f"image.{name}"] = metrics.image_auroc(preds.label, s)
     for name in PAPER_TABLE3:
         m = pixel_map(name, preds.maps, fusion_cfg)
         result[f"pixel.{name}"] = {
-            "pixel_auroc": metrics.pixel_auroc(preds.mask, m),
-            "pro_auc_usad": metrics.pro_auc_usad(preds.mask, m, preds.label),
-            "aupro_0.3": metrics.au_pro(preds.mask, m),
+            "pixel_auroc": metrics.pixel_auroc(preds.mask, m, device=device),
+            "pro_auc_usad": metrics.pro_auc_usad(preds.mask, m, preds.label, device=device),
+            "aupro_0.3": metrics.au_pro(preds.mask, m, device=device),
         }
     return result
 
 
 def format_ablation(result: dict[str, float]) -> str:
-    from .report import format_table
-
     t2 = format_table([(k, PAPER_TABLE2[k] / 100, result[f"image.{k}"]) for k in PAPER_TABLE2],
                       header=("Table 2", "paper", "ours"))
     t3 = format_table([(k, PAPER_TABLE3[k][0] / 100, result[f"pixel.{k}"]["pixel_auroc"],

@@ -24,6 +24,8 @@ import torch
 from .errors import UsadError
 
 FORMAT = "usad-branch/2"  # /2: with the sha256 of the content
+# Fit-config keys added after model files were first written: a file without one was fitted with this value.
+FIT_DEFAULTS = {"data.holdout_ratio": 0.0, "data.holdout_seed": None, "precision": "fp32"}
 
 
 class ArtifactError(UsadError, RuntimeError):
@@ -136,7 +138,7 @@ def load_artifact(path: Path, branch: str, fit_config: dict, train_hint: str) ->
                             f"after it was saved); retrain with `{train_hint}`")
     if payload.get("branch") != branch:
         raise ArtifactError(f"{path} holds a {payload.get('branch')!r} model, expected {branch!r}")
-    saved = payload.get("fit_config", {})
+    saved = {**FIT_DEFAULTS, **payload.get("fit_config", {})}
     diffs = [f"{k}: file has {saved.get(k, '<missing>')!r}, config has {v!r}"
              for k, v in fit_config.items() if saved.get(k, "<missing>") != v]
     if diffs:

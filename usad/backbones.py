@@ -132,12 +132,22 @@ def check_patch_multiple(image_size: int, patch: int, name: str, key: str) -> No
                           f"of {name!r}; use {sizes} (nearest multiples of {patch})")
 
 
+def forward_precision(x: torch.Tensor, precision: str):
+    """Config key ``precision`` of the backbones' forward passes: ``fp32`` (the paper) runs as is;
+    ``bf16`` runs under torch autocast on ``x``'s device (matrix products and convolutions in
+    bfloat16, with float32 accumulation). The extractors return float32 features either way."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 class ViTFeatures(nn.Module):
     """DINOv2 ViT built at the branch size: returns CLS (B, D) and patch tokens (B, N, D).
 
     Tokens come from ``forward_features`` after the final norm; token 0 is CLS,
     then the patch grid in row-major order (these checkpoints have no registers).
+    ``precision``: fp32 or bf16 (``forward_precision``), set from the config by pipeline.build_branch.
     """
+
+    precision = "fp32"
 
     def __init__(self, name: str, image_size: int, pretrained: bool = True, weights: str | None = None,
                  model_kwargs: dict | None = None, key: str = "backbone"):
@@ -175,7 +185,9 @@ class ViTFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.model.forward_features(x)
+        with forward_precision(x, self.precision):
+            tokens = self.model.forward_features(x)
+        tokens = tokens.float()
         return tokens[:, 0], tokens[:, self.num_prefix_tokens:]
 
 
@@ -206,7 +218,12 @@ def check_backbone(section, key: str) -> None:
 
 
 class ResNetFeatures(nn.Module):
-    """torchvision ResNet truncated after layer3: returns the layer2[-1] and layer3[-1] maps."""
+    """torchvision ResNet truncated after layer3: returns the layer2[-1] and layer3[-1] maps.
+
+    ``precision``: fp32 or bf16 (``forward_precision``), set from the config by pipeline.build_branch.
+    """
+
+    precision = "fp32"
 
     def __init__(self, name: str = "wide_resnet50_2", pretrained: bool = True, weights: str | None = None,
                  key: str = "patchcore"):
@@ -225,7 +242,10 @@ class ResNetFeatures(nn.Module):
             if isinstance(state, dict) and "state_dict" in state:
                 state = state["state_dict"]
             try:
-                model.load_state_dict(state)
+                missing, unexpected = model.load_state_dict(state, strict=False)
+                missing = [k for k in missing if not k.startswith(("layer4.", "fc."))]  # never run: may be left out
+                if missing or unexpected:
+                    raise RuntimeError(f"missing keys {missing[:4]}, unexpected keys {unexpected[:4]}")
             except (RuntimeError, TypeError, AttributeError) as e:
                 raise BackboneWeightsError(
                     f"{key}.weights = {str(path)!r} does not fit torchvision {name!r}: {str(e).splitlines()[0]}"
@@ -253,8 +273,10 @@ class ResNetFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f2 = self.layer2(self.stem(x))
-        return f2, self.layer3(f2)
+        with forward_precision(x, self.precision):
+            f2 = self.layer2(self.stem(x))
+            f3 = self.layer3(f2)
+        return f2.float(), f3.float()
 
 
 def load_state_file(path: Path):

@@ -30,7 +30,7 @@ from .config import plain
 log = logging.getLogger(__name__)
 
 
-def _file_identity(path) -> dict:
+def file_identity(path) -> dict:
     p = Path(path).expanduser().resolve()
     st = p.stat()
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -42,7 +42,7 @@ def backbone_fingerprint(branch_cfg, eval_size: int) -> dict:
     return {
         "backbone": branch_cfg["backbone"],
         "pretrained": branch_cfg["pretrained"],
-        "weights": _file_identity(weights) if weights else None,
+        "weights": file_identity(weights) if weights else None,
         "model_kwargs": plain(branch_cfg.get("model_kwargs", {})),
         "image_size": branch_cfg["image_size"],
         "eval_size": eval_size,
@@ -56,7 +56,7 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     def _path(self, branch: str, fingerprint: dict, image) -> Path:
-        blob = json.dumps({"branch": branch, "fp": fingerprint, "dtype": str(self.dtype), "image": _file_identity(image)},
+        blob = json.dumps({"branch": branch, "fp": fingerprint, "dtype": str(self.dtype), "image": file_identity(image)},
                           sort_keys=True)
         return self.root / branch / f"{hashlib.sha1(blob.encode()).hexdigest()}.pt"
 

@@ -35,7 +35,7 @@ class Open(float):
 
 
 RANGES = {
-    "data.batch_size": (1, None), "data.eval_size": (14, None),
+    "data.batch_size": (1, None), "data.eval_size": (14, None), "data.holdout_ratio": (0.0, Open(1.0)),
     "maclu.image_size": (14, None), "ma2patch.image_size": (14, None), "patchcore.image_size": (32, None),
     "maclu.n_clusters": (2, None), "patchcore.k_nearest": (2, None),
     "maclu.sigma": (0.0, None), "ma2patch.sigma": (0.0, None), "patchcore.sigma": (0.0, None),
@@ -65,7 +65,8 @@ DEVICE_CHOICES = "auto | cpu | cuda | cuda:N (N = GPU index, e.g. cuda:0)"
 # Keys that take an int or the word "auto".
 INT_OR_AUTO = {"data.num_workers"}
 # Keys restricted to a set of values.
-CHOICES = {"patchcore.bank_dtype": ("float32", "float16"), "cache.dtype": ("float32", "float16")}
+CHOICES = {"patchcore.bank_dtype": ("float32", "float16"), "cache.dtype": ("float32", "float16"),
+           "maclu.kmeans": ("auto", "sklearn", "torch"), "precision": ("fp32", "bf16")}
 
 
 class ConfigError(UsadError, ValueError):

@@ -12,6 +12,15 @@ the branches resize that square to their own square inputs (their patch grids
 are square), as they do for the test set. Scores and maps are computed at the
 evaluation size; ``anomaly_map()`` resizes the fused map back to the image's
 own width x height (bilinear) so it lines up with the original for overlays.
+
+With an operating point (``python -m usad.calibrate``; see usad.decisions)
+each result also has a ``verdict`` ("anomalous" / "normal"), a binary
+``mask`` (the fused map at the image's own size above the pixel threshold) and
+``boxes`` (its connected regions, in the image's own pixels):
+
+    detector = Detector.from_config(cfg)            # uses <paths.models>/<category>/operating_point.json if present
+    (r,) = detector.predict(["belt_0001.png"])
+    print(r.verdict, r.boxes)                       # [{"x0", "y0", "x1", "y1", "area", "peak"}, ...]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from PIL import Image
 
 from .backbones import resolve_device
 from .data.dataset import DatasetError, load_rgb, test_transform
+from .decisions import Thresholds, load_operating_point, regions, verdict
 from .pipeline import check_finite, load_branches, predict_batch
 
 MAP_KEYS = ("m_fused", "m_obj", "m_attr", "m_pc")
@@ -40,6 +50,9 @@ class DetectionResult:
     s_attr: float                         # MA2Patch attribute score
     s_pc: float                           # PatchCore score
     maps: dict[str, np.ndarray] = field(repr=False)  # m_fused, m_obj, m_attr, m_pc, float32, eval size x eval size
+    verdict: str | None = None            # "anomalous" / "normal", with an image threshold
+    mask: np.ndarray | None = field(default=None, repr=False)  # bool, height x width: fused map > pixel threshold
+    boxes: list[dict] | None = None       # the mask's regions {x0, y0, x1, y1, area, peak}, ends exclusive
 
     def anomaly_map(self, original_size: bool = True) -> np.ndarray:
         """The fused map M: at the image's own size, height x width (default), or at the evaluation size."""
@@ -73,16 +86,36 @@ def to_rgb(image) -> tuple[Image.Image, str]:
 class Detector:
     """The three trained branches and their fusion, applied to arbitrary images."""
 
-    def __init__(self, cfg, branches: dict | None = None):
+    def __init__(self, cfg, branches: dict | None = None, thresholds: Thresholds = Thresholds()):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.branches = branches or load_branches(cfg, self.device)
         self.transform = test_transform(cfg.data.eval_size)
+        self.thresholds = thresholds
+        self.operating_point = None
 
     @classmethod
-    def from_config(cls, cfg) -> "Detector":
-        """Load the branches trained under ``cfg`` (``<paths.models>/<data.category>/*.pt``) on ``cfg.device``."""
-        return cls(cfg)
+    def from_config(cls, cfg, operating_point: str | Path | None = None, threshold: float | None = None,
+                    min_area: int = 0) -> "Detector":
+        """Load the branches trained under ``cfg`` (``<paths.models>/<data.category>/*.pt``) on ``cfg.device``,
+        and the operating point ``operating_point`` (a file that must exist), or by default
+        ``<paths.models>/<data.category>/operating_point.json`` when it exists; it is refused when made with
+        other model files. ``threshold`` overrides its image threshold (and gives verdicts without one);
+        ``min_area`` drops mask regions of fewer pixels (at the image's own size)."""
+        detector = cls(cfg)  # the model files first: a missing or mismatched one is named before the operating point
+        op = detector.operating_point = load_operating_point(cfg, operating_point)
+        if op is not None and threshold is None:
+            threshold = op.image_threshold
+        detector.thresholds = Thresholds(threshold, op.pixel_threshold if op else None, min_area)
+        return detector
+
+    def decide(self, r: DetectionResult) -> DetectionResult:
+        """Verdict, mask and boxes of one result at this detector's thresholds (those it has)."""
+        t = self.thresholds
+        r.verdict = verdict(r.score, t.image)
+        if t.pixel is not None:
+            r.mask, r.boxes = regions(r.anomaly_map(), t.pixel, t.min_area)
+        return r
 
     @torch.no_grad()
     def predict_rgb(self, images: list[Image.Image], names: list[str]) -> list[DetectionResult]:
@@ -92,9 +125,9 @@ class Detector:
         check_finite(out, names)
         maps = {k: out[k].float().cpu().numpy() for k in MAP_KEYS}
         scores = {k: out[k].double().cpu().numpy() for k in ("s_fused", "s_obj", "s_attr", "s_pc")}
-        return [DetectionResult(source=name, original_size=im.size, score=float(scores["s_fused"][j]),
-                                s_obj=float(scores["s_obj"][j]), s_attr=float(scores["s_attr"][j]),
-                                s_pc=float(scores["s_pc"][j]), maps={k: maps[k][j] for k in MAP_KEYS})
+        return [self.decide(DetectionResult(
+                    source=name, original_size=im.size, score=float(scores["s_fused"][j]), s_obj=float(scores["s_obj"][j]),
+                    s_attr=float(scores["s_attr"][j]), s_pc=float(scores["s_pc"][j]), maps={k: maps[k][j] for k in MAP_KEYS}))
                 for j, (im, name) in enumerate(zip(images, names))]
 
     def predict(self, images) -> list[DetectionResult]:

@@ -60,8 +60,10 @@ class MA2Patch:
         """The config values a model file must have been fitted with."""
         return {k: plain(cfg[k]) for k in cls.FIT_KEYS}
 
+    run_fit: dict = {}  # data.holdout_ratio, its seed and precision (pipeline.run_fit_config); recorded with the fit config
+
     def fit_config(self) -> dict:
-        return self.fit_config_of(self.cfg)
+        return {**self.fit_config_of(self.cfg), **self.run_fit}
 
     def fit(self, loader, n_images: int | None = None) -> "MA2Patch":
         """Eq. 11: Gaussian of the mean-pooled patch tokens, streamed over batches."""

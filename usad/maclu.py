@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .artifacts import load_artifact, save_artifact
 from .backbones import ViTFeatures
 from .config import ConfigError, plain
+from .kmeans import kmeans
 from .mahalanobis import GaussianAccumulator, mahalanobis
 from .ops import gaussian_blur, grid_side, minmax_normalize, resize_bilinear, resize_images
 
@@ -73,34 +74,54 @@ class MACLU:
         """The config values a model file must have been fitted with."""
         return {k: plain(cfg[k]) for k in cls.FIT_KEYS}
 
+    run_fit: dict = {}  # data.holdout_ratio, its seed and precision (pipeline.run_fit_config); recorded with the fit config
+
     def fit_config(self) -> dict:
-        return self.fit_config_of(self.cfg)
+        return {**self.fit_config_of(self.cfg), **self.run_fit}
 
     # ---------------------------------------------------------------- training
+    def kmeans_on_device(self) -> bool:
+        """``maclu.kmeans``: torch (on the branch's device, usad/kmeans.py) or scikit-learn (on the CPU);
+        auto = torch on CUDA, where the patch bank then never leaves the GPU."""
+        if self.cfg.kmeans == "auto":
+            return self.device.type == "cuda"
+        return self.cfg.kmeans == "torch"
+
     def fit(self, loader, n_images: int) -> "MACLU":
         """CLS Gaussian and KMeans from batches of training images at the branch size."""
         cls_stats = None
         patch_bank = None  # (n_images * N, D) float32, filled in place: KMeans reads it without a copy
+        bank_device = self.device if self.kmeans_on_device() else torch.device("cpu")
         row = 0
         for images in tqdm(loader, desc="MACLU features", unit="batch"):
             cls, patches = self.backbone(images.to(self.device, non_blocking=True))
             if cls_stats is None:
                 cls_stats = GaussianAccumulator(cls.shape[1], self.device)
-                patch_bank = np.empty((n_images * patches.shape[1], patches.shape[2]), dtype=np.float32)
+                patch_bank = torch.empty((n_images * patches.shape[1], patches.shape[2]), dtype=torch.float32,
+                                         device=bank_device)
             cls_stats.update(cls)
-            flat = patches.reshape(-1, patches.shape[-1]).float().cpu().numpy()
+            flat = patches.reshape(-1, patches.shape[-1])
             patch_bank[row:row + len(flat)] = flat
             row += len(flat)
         if row != len(patch_bank):
             raise RuntimeError(f"expected {n_images} training images, the loader gave {row // patches.shape[1]}")
         self.mu, _, self.inv_cov = cls_stats.finalize(self.cfg.cov_eps, name="MACLU CLS tokens", eps_key="maclu.cov_eps")
-        log.info("MACLU: KMeans(k=%d) on %d patch tokens of dim %d", self.cfg.n_clusters, *patch_bank.shape)
-        kmeans = KMeans(n_clusters=self.cfg.n_clusters, n_init="auto", random_state=self.cfg.kmeans_seed).fit(patch_bank)
-        counts = np.bincount(kmeans.labels_, minlength=self.cfg.n_clusters)
-        self.centers = torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)).to(self.device)
-        self.fg = int(np.argmin(counts))  # foreground (coal) = the smaller cluster
+        self.centers, labels = self.cluster(patch_bank)
+        counts = torch.bincount(labels, minlength=self.cfg.n_clusters)
+        self.fg = int(torch.argmin(counts))  # foreground (coal) = the smaller cluster
         log.info("MACLU: cluster sizes %s, foreground cluster %d", counts.tolist(), self.fg)
         return self
+
+    def cluster(self, patch_bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """KMeans of the (M, D) training patch tokens (Sec. 4.2): centres (k, D) on the device, labels (M,)."""
+        torch_kmeans = self.kmeans_on_device()
+        log.info("MACLU: KMeans(k=%d) on %d patch tokens of dim %d (%s on %s)", self.cfg.n_clusters, *patch_bank.shape,
+                 "torch" if torch_kmeans else "scikit-learn", patch_bank.device)
+        if torch_kmeans:
+            result = kmeans(patch_bank, self.cfg.n_clusters, self.cfg.kmeans_seed)
+            return result.centers.to(self.device), result.labels
+        fitted = KMeans(n_clusters=self.cfg.n_clusters, n_init="auto", random_state=self.cfg.kmeans_seed).fit(patch_bank.numpy())
+        return torch.from_numpy(fitted.cluster_centers_.astype(np.float32)).to(self.device), torch.from_numpy(fitted.labels_).long()
 
     # --------------------------------------------------------------- inference
     def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

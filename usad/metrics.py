@@ -220,12 +220,15 @@ def _mann_whitney_auc(c: PositiveCounts) -> float:
     return twice_u / (2.0 * int(c.count.sum()) * c.n_neg)
 
 
-def pixel_auroc(masks, maps) -> float:
+def pixel_auroc(masks, maps, device=None) -> float:
     """Pixel-AUROC over all pixels of all maps, equal to ``roc_auc_score``.
 
     Mann-Whitney U with ties: the scores are sorted once (a float32 copy), the
-    positives are ranked among them with ``searchsorted``.
+    positives are ranked among them with ``searchsorted``. On a device (``device``,
+    or maps on a GPU): the same counts with torch (see "on the device").
     """
+    if metrics_device(maps, device) is not None:
+        return _pixel_auroc_device(masks, maps, metrics_device(maps, device))
     masks, maps = _check_masks_maps(masks, maps)
     return _mann_whitney_auc(_positive_counts(masks, maps))
 
@@ -278,7 +281,7 @@ def _rescaled_fpr_auc(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> flo
     return float(np.trapezoid(p[order], f[order]))
 
 
-def pro_auc_usad(masks, maps, labels=None) -> float:
+def pro_auc_usad(masks, maps, labels=None, device=None) -> float:
     """PRO-AUC as the authors compute it (Sec. 7, the paper's Table 1 column).
 
     Anomalous images only (``labels == 1``, or images with a non-empty mask when
@@ -290,17 +293,27 @@ def pro_auc_usad(masks, maps, labels=None) -> float:
 
     Vectorised over thresholds: a map has only 256 levels, so per-component
     level histograms times the (thresholds x levels) matrix ``level > t`` give
-    every PRO and FPR at once.
+    every PRO and FPR at once. On a device (``device``, or maps on a GPU): the histograms with torch.
     """
+    if metrics_device(maps, device) is not None:
+        return _pro_auc_usad_device(masks, maps, labels, metrics_device(maps, device))
     masks, maps = _check_masks_maps(masks, maps)
-    if labels is None:
-        anomalous = masks.reshape(len(masks), -1).any(axis=1)
-    else:
-        anomalous = _check_labels(labels, len(maps))
+    anomalous = _anomalous_images(masks, labels, len(maps))
+    return _pro_auc_from_histograms(*_level_histograms(masks, maps, np.flatnonzero(anomalous)))
+
+
+def _anomalous_images(masks: np.ndarray, labels, n: int) -> np.ndarray:
+    """The images pro_auc_usad uses: ``labels == 1``, or those with a non-empty mask when labels is None."""
+    anomalous = masks.reshape(n, -1).any(axis=1) if labels is None else _check_labels(labels, n)
     if not anomalous.any():
         raise MetricError("pro_auc_usad needs both normal and anomalous pixels; got no anomalous image "
                          "(label 1, or a non-empty mask when labels is None)")
-    neg_hist, comp_hists = _level_histograms(masks, maps, np.flatnonzero(anomalous))
+    return anomalous
+
+
+def _pro_auc_from_histograms(neg_hist: np.ndarray, comp_hists: np.ndarray) -> float:
+    """The authors' PRO-AUC from the uint8-level histograms of the negative pixels (256,) and of each
+    ground-truth component (n_components, 256) of the anomalous images."""
     n_neg = int(neg_hist.sum())
     _need_both(int(comp_hists.sum()), n_neg, "pro_auc_usad", "pixels in the anomalous images")
 
@@ -353,7 +366,7 @@ def _au_pro_from(c: PositiveCounts, fpr_limit: float) -> float:
     return _area_until(fpr, pro, fpr_limit) / fpr_limit
 
 
-def au_pro(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
+def au_pro(masks, maps, fpr_limit: float = PRO_FPR_LIMIT, device=None) -> float:
     """Standard MVTec AD AU-PRO: all images, raw scores, exact PRO curve (``map >= t``),
     area up to FPR = ``fpr_limit`` divided by ``fpr_limit``.
 
@@ -362,14 +375,211 @@ def au_pro(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
     """
     if not 0 < fpr_limit <= 1:
         raise MetricError(f"fpr_limit must be in (0, 1]; got {fpr_limit}")
+    if metrics_device(maps, device) is not None:
+        return _au_pro_device(masks, maps, fpr_limit, metrics_device(maps, device))
     masks, maps = _check_masks_maps(masks, maps)
     return _au_pro_from(_positive_counts(masks, maps, component_weights=True), fpr_limit)
 
 
+# ----------------------------------------------------------------------------- on the device (torch)
+#
+# The same four metrics with torch on a device (a GPU: the 290M pixels of CoalAD's test set are GPU
+# work), a chunk of images at a time. Every count is an exact integer, as in the NumPy code above,
+# which then computes the curves and areas from them, so the results are the NumPy ones. Connected components
+# (scipy.ndimage.label) are labelled on the host, from the masks, which are small (bool) and stay there.
+
+DEVICE_CHUNK_PIXELS = 2 ** 26  # pixels per chunk: 407 maps of 406 x 406; ~2 GB of device buffers at most
+
+
+def metrics_device(maps, device=None):
+    """Where the pixel metrics run: ``device`` if given, else the GPU a torch ``maps`` tensor is on;
+    None = NumPy on the host (the reference path)."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    if isinstance(maps, torch.Tensor) and maps.device.type != "cpu":
+        return maps.device
+    return None
+
+
+def _device_maps(maps):
+    """(n, H, W) view of torch or NumPy maps, without copying them to the host."""
+    import torch
+
+    if not isinstance(maps, torch.Tensor):
+        return _image_stack(maps, "maps")
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.dim() != 3:
+        raise MetricError(f"maps must have shape (n, H, W); got {tuple(maps.shape)}")
+    if maps.is_complex() or maps.dtype == torch.bool:
+        raise MetricError(f"maps must be a float array; got dtype {maps.dtype}")
+    return maps
+
+
+def _device_inputs(masks, maps):
+    """(bool NumPy masks, maps as given) of equal shape; checked as ``_check_masks_maps`` does."""
+    masks, maps = _image_stack(masks, "masks"), _device_maps(maps)
+    if masks.shape != tuple(maps.shape):
+        raise MetricError(f"masks and maps must have the same shape; got masks {masks.shape} "
+                         f"and maps {tuple(maps.shape)}")
+    return _binary_masks(masks), maps
+
+
+def _device_chunks(images: np.ndarray, pixels_per_image: int):
+    step = max(1, DEVICE_CHUNK_PIXELS // pixels_per_image)
+    return [images[s:s + step] for s in range(0, len(images), step)]
+
+
+def _score_dtype(maps):
+    """float32 for the pixel scores, float64 for float64 maps (as ``_float_maps``)."""
+    import torch
+
+    return torch.float64 if str(maps.dtype) in ("float64", "torch.float64") else torch.float32
+
+
+def _maps_on(maps, idx: np.ndarray, device):
+    """Maps ``idx`` on ``device`` as float32 (float64 maps stay float64); NaN / inf names the image."""
+    import torch
+
+    dtype = _score_dtype(maps)
+    if isinstance(maps, torch.Tensor):
+        block = maps[torch.as_tensor(idx, device=maps.device)]
+    else:
+        block = torch.from_numpy(np.ascontiguousarray(maps[idx]))
+    block = block.to(device, non_blocking=True).to(dtype)
+    finite = torch.isfinite(block).flatten(1).all(1)
+    if not bool(finite.all()):
+        i = int(idx[int(torch.nonzero(~finite)[0, 0])])
+        raise MetricError(f"maps[{i}] contains NaN or inf; fix the anomaly map of image {i} before evaluating")
+    return block
+
+
+def _uint8_levels_torch(m):
+    """``_uint8_levels`` in torch: the same float32 operations, so the same levels."""
+    import torch
+
+    m = m.float()
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    span = m.amax(dim=(1, 2), keepdim=True) - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    return (((m - lo) / span) * 255.0).to(torch.uint8)
+
+
+class _DeviceScan:
+    """What one pass over the maps on the device collects, a chunk of images at a time.
+
+    - ``positives``: every positive score (and, with ``weights``, its PRO weight 1 / component size);
+    - with ``pro_images`` (bool per image): the uint8-level histograms of the authors' PRO-AUC over
+      those images, negatives (256,) and per component (n_components, 256).
+    """
+
+    def __init__(self, masks: np.ndarray, maps, device, positives: bool = True, weights: bool = False,
+                 pro_images: np.ndarray | None = None):
+        import torch
+
+        self.n_components, weight_parts = 0, []
+        self.neg_hist, comp_hists = torch.zeros(256, dtype=torch.int64, device=device), []
+        n_pos = int(np.count_nonzero(masks)) if positives else 0
+        if positives:
+            _need_both(n_pos, masks.size - n_pos, "pixel metrics", "pixels")
+        self.pos = torch.empty(n_pos, dtype=_score_dtype(maps), device=device)
+        images = np.arange(len(masks)) if positives else np.flatnonzero(pro_images)
+        i_pos = 0
+        for idx in _device_chunks(images, masks[0].size):
+            m, k_host = _maps_on(maps, idx, device), masks[idx]
+            k = torch.from_numpy(k_host).to(device, non_blocking=True)
+            if positives:
+                p = m[k]
+                self.pos[i_pos:i_pos + len(p)] = p
+                i_pos += len(p)
+            if weights or pro_images is not None:
+                comp, n = ndimage.label(k_host, _STACK_STRUCTURE)   # 0 = background
+                comp_pos = comp[k_host]
+            if weights:
+                weight_parts.append(1.0 / np.bincount(comp.ravel())[comp_pos])
+                self.n_components += n
+            if pro_images is not None:
+                levels, use = _uint8_levels_torch(m), torch.from_numpy(pro_images[idx]).to(device)[:, None, None]
+                self.neg_hist += torch.bincount(levels[~k & use].long(), minlength=256)
+                on = torch.from_numpy(pro_images[idx][np.nonzero(k_host)[0]]).to(device)  # positives of PRO images
+                code = torch.from_numpy(comp_pos).to(device)[on] * 256 + levels[k & use].long()
+                hist = torch.bincount(code, minlength=(n + 1) * 256).view(n + 1, 256)[1:]
+                comp_hists.append(hist[hist.sum(1) > 0])   # components of the other images are empty here
+        self.weights = torch.from_numpy(np.concatenate(weight_parts)).to(device) if weights else None
+        self.comp_hists = torch.cat(comp_hists) if comp_hists else None
+
+    def level_histograms(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.neg_hist.cpu().numpy(), self.comp_hists.cpu().numpy()
+
+    def positive_counts(self, masks: np.ndarray, maps, device) -> PositiveCounts:
+        """``_positive_counts`` on the device: the positives sorted once, every pixel binned among the
+        distinct positive scores (binary search + histogram: no sort of all pixels)."""
+        import torch
+
+        n_neg = masks.size - len(self.pos)
+        pos, order = torch.sort(self.pos, stable=True)
+        values, count = torch.unique_consecutive(pos, return_counts=True)
+        ends = torch.cumsum(count, 0)
+        starts = ends - count
+        # pixel v goes to bin #(values <= v) and to bin #(values < v); v < values[j] iff the first is <= j,
+        # v <= values[j] iff the second is: cumulative bin counts give #all < u and #all <= u for every u
+        by_le = torch.zeros(len(values) + 1, dtype=torch.int64, device=device)
+        by_lt = torch.zeros_like(by_le)
+        for idx in _device_chunks(np.arange(len(masks)), masks[0].size):
+            v = _maps_on(maps, idx, device).flatten()
+            by_le += torch.bincount(torch.searchsorted(values, v, right=True), minlength=len(by_le))
+            by_lt += torch.bincount(torch.searchsorted(values, v), minlength=len(by_lt))
+        all_lt, all_le = torch.cumsum(by_le, 0)[:-1], torch.cumsum(by_lt, 0)[:-1]
+        weight = np.empty(0)
+        if self.weights is not None:   # summed per value in sorted order, as np.add.reduceat does
+            weight = torch.segment_reduce(self.weights[order] / self.n_components, "sum", lengths=count).cpu().numpy()
+        host = lambda t: t.cpu().numpy()
+        return PositiveCounts(host(values), host(count), weight, host(all_lt - starts), host(all_le - ends), n_neg)
+
+
+def _pixel_auroc_device(masks, maps, device) -> float:
+    masks, maps = _device_inputs(masks, maps)
+    return _mann_whitney_auc(_DeviceScan(masks, maps, device).positive_counts(masks, maps, device))
+
+
+def _au_pro_device(masks, maps, fpr_limit: float, device) -> float:
+    masks, maps = _device_inputs(masks, maps)
+    counts = _DeviceScan(masks, maps, device, weights=True).positive_counts(masks, maps, device)
+    return _au_pro_from(counts, fpr_limit)
+
+
+def _pro_auc_usad_device(masks, maps, labels, device) -> float:
+    masks, maps = _device_inputs(masks, maps)
+    anomalous = _anomalous_images(masks, labels, len(masks))
+    return _pro_auc_from_histograms(*_DeviceScan(masks, maps, device, positives=False,
+                                                 pro_images=anomalous).level_histograms())
+
+
+def _compute_all_device(labels, scores, masks, maps, device) -> dict[str, float]:
+    masks, maps = _device_inputs(masks, maps)
+    labels_np = _check_labels(labels, len(maps))
+    out = {"image_auroc": image_auroc(labels_np.astype(np.int64), scores)}
+    anomalous = _anomalous_images(masks, labels_np.astype(np.int64), len(masks))
+    scan = _DeviceScan(masks, maps, device, weights=True, pro_images=anomalous)   # one pass for all three
+    counts = scan.positive_counts(masks, maps, device)
+    out["pixel_auroc"] = _mann_whitney_auc(counts)
+    out["aupro_0.3"] = _au_pro_from(counts, PRO_FPR_LIMIT)
+    out["pro_auc_usad"] = _pro_auc_from_histograms(*scan.level_histograms())
+    return {k: out[k] for k in ("image_auroc", "pixel_auroc", "pro_auc_usad", "aupro_0.3")}
+
+
 # ----------------------------------------------------------------------------- all together
 
-def compute_all(labels, scores, masks, maps) -> dict[str, float]:
-    """Image-AUROC, Pixel-AUROC, the authors' PRO-AUC and AU-PRO@0.3 (scores sorted once)."""
+def compute_all(labels, scores, masks, maps, device=None) -> dict[str, float]:
+    """Image-AUROC, Pixel-AUROC, the authors' PRO-AUC and AU-PRO@0.3 (scores sorted once).
+
+    On a device (``device``, or maps on a GPU): one pass over the maps collects what all three
+    pixel metrics need, a second bins every pixel (the image AUROC, on 1,754 scores, stays NumPy).
+    """
+    if metrics_device(maps, device) is not None:
+        return _compute_all_device(labels, scores, masks, maps, metrics_device(maps, device))
     masks, maps = _check_masks_maps(masks, maps)
     labels_np = _check_labels(labels, len(maps))
     out = {"image_auroc": image_auroc(labels_np.astype(np.int64), scores)}

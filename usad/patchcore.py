@@ -100,17 +100,20 @@ class PatchCore:
         """The config values a model file must have been fitted with (the seed picks the subset and projection)."""
         return {**{k: plain(cfg[k]) for k in cls.FIT_KEYS}, "seed": seed}
 
+    run_fit: dict = {}  # data.holdout_ratio, its seed and precision (pipeline.run_fit_config); recorded with the fit config
+
     def fit_config(self) -> dict:
-        return self.fit_config_of(self.cfg, self.seed)
+        return {**self.fit_config_of(self.cfg, self.seed), **self.run_fit}
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) at the branch size -> (B, P, D) patch features."""
         return locally_aware_features(*self.backbone(images.to(self.device, non_blocking=True)))
 
     def _allocate_bank(self, shape: tuple[int, int], dtype: torch.dtype) -> tuple[torch.Tensor, Path | None]:
-        """The training bank: in RAM, or in a memory-mapped file under ``bank_memmap`` (and that file)."""
+        """The training bank: on the branch's device (a GPU bank never visits the host: the coreset's
+        projection and greedy run there too), or in a memory-mapped file under ``bank_memmap`` (and that file)."""
         if not self.cfg.bank_memmap:
-            return torch.empty(shape, dtype=dtype), None
+            return torch.empty(shape, dtype=dtype, device=self.device), None
         folder = Path(self.cfg.bank_memmap)
         folder.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="patchcore_bank.", suffix=".npy", dir=folder)
@@ -131,14 +134,14 @@ class PatchCore:
                     bank, bank_file = self._allocate_bank((n_images * feats.shape[1], feats.shape[2]), dtype)
                     log.info("PatchCore: bank of %d x %d %s (%.2f GB)", *bank.shape, self.cfg.bank_dtype,
                              bank.numel() * bank.element_size() / 1e9)
-                bank[row:row + len(flat)] = flat.cpu()
+                bank[row:row + len(flat)] = flat  # device to device, or to the host memory map
                 row += len(flat)
             if bank is None or row != bank.shape[0]:
                 raise RuntimeError(f"expected {n_images} training images for PatchCore, got {row} patches")
             sampler = sampler or GreedyCoresetSampler(self.cfg.coreset_ratio, self.cfg.projection_eps, self.seed,
                                                       device=self.device)
             picks = sampler.run(bank)
-            self.bank = bank[picks].to(self.device)  # a copy: independent of the (memory-mapped) bank
+            self.bank = bank[picks.to(bank.device)].to(self.device)  # a copy: independent of the (memory-mapped) bank
         finally:
             del bank
             if bank_file is not None:

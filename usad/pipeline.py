@@ -18,7 +18,7 @@ from .artifacts import check_writable, load_artifact
 from .backbones import check_backbone, resolve_device
 from .config import add_config_args, config_from_args
 from .data.checks import check_dataset
-from .data.dataset import DatasetError, TestDataset, TrainDataset, make_loader, train_samples
+from .data.dataset import DatasetError, TestDataset, TrainDataset, holdout_split, make_loader, train_samples
 from .errors import UsadError
 from .fusion import fuse, to_eval_size
 from .ma2patch import MA2Patch
@@ -57,14 +57,41 @@ def results_dir(cfg) -> Path:
     return Path(cfg.paths.results) / cfg.data.category
 
 
+def holdout_fit_config(cfg) -> dict:
+    """What every model file records of ``data.holdout_ratio``: the share of train/good kept out of fitting and
+    the seed that picked it (None without a holdout, where the seed does not change the training set)."""
+    ratio = cfg.data.holdout_ratio
+    return {"data.holdout_ratio": ratio, "data.holdout_seed": cfg.seed if ratio > 0 else None}
+
+
+def run_fit_config(cfg) -> dict:
+    """The top-level config values every model file records besides its branch's section: the holdout
+    (``holdout_fit_config``) and ``precision``, since bf16 forward passes change the features that the
+    Gaussians, the clusters and the coreset are fitted on (README, "Speed and memory")."""
+    return {**holdout_fit_config(cfg), "precision": cfg.precision}
+
+
+def metric_device(cfg) -> torch.device | None:
+    """Where the pixel metrics run: the configured GPU, or None (NumPy on the host, the reference path)."""
+    device = resolve_device(cfg.device)
+    return device if device.type == "cuda" else None
+
+
 def build_branch(branch: str, cfg, device: torch.device):
+    """A branch with its backbone, not fitted. Seeded first, so that a backbone with random weights (smoke runs,
+    tests) comes out the same when it is fitted and each time it is loaded."""
+    seed_everything(cfg.seed)
     if branch == "maclu":
-        return MACLU(cfg.maclu, device)
-    if branch == "ma2patch":
-        return MA2Patch(cfg.ma2patch, device)
-    if branch == "patchcore":
-        return PatchCore(cfg.patchcore, device, cfg.seed)
-    raise ValueError(f"unknown branch {branch!r}; one of {BRANCHES}")
+        model = MACLU(cfg.maclu, device)
+    elif branch == "ma2patch":
+        model = MA2Patch(cfg.ma2patch, device)
+    elif branch == "patchcore":
+        model = PatchCore(cfg.patchcore, device, cfg.seed)
+    else:
+        raise ValueError(f"unknown branch {branch!r}; one of {BRANCHES}")
+    model.run_fit = run_fit_config(cfg)  # recorded with the branch's fit config
+    model.backbone.precision = cfg.precision  # fp32 | bf16 forward passes (usad.backbones.forward_precision)
+    return model
 
 
 def fit_branch(branch: str, cfg, device: torch.device | None = None):
@@ -74,7 +101,10 @@ def fit_branch(branch: str, cfg, device: torch.device | None = None):
     check_backbone(cfg[branch], branch)  # name, model_kwargs, image size: before any download
     root = category_dir(cfg)
     check_dataset(root, splits=("train",))
-    samples = train_samples(root)
+    samples, held_out = holdout_split(train_samples(root), cfg.data.holdout_ratio, cfg.seed)
+    if held_out:
+        log.info("%s: %d of %d training images held out of fitting for calibration (data.holdout_ratio=%g, seed=%d)",
+                 branch, len(held_out), len(samples) + len(held_out), cfg.data.holdout_ratio, cfg.seed)
     model = build_branch(branch, cfg, device)
     size = cfg[branch].image_size
     dataset = TrainDataset(root, size, samples)
@@ -104,11 +134,16 @@ def train_branch(branch: str, cfg) -> Path:
 BRANCH_CLASSES = {"maclu": MACLU, "ma2patch": MA2Patch, "patchcore": PatchCore}
 
 
+def expected_fit_config(branch: str, cfg) -> dict:
+    """The fit config a model file of ``branch`` must record to be valid for ``cfg`` (see ``load_artifact``)."""
+    return {**BRANCH_CLASSES[branch].fit_config_of(cfg[branch], cfg.seed), **run_fit_config(cfg)}
+
+
 def load_branches(cfg, device: torch.device) -> dict:
     """The three trained branches. Every model file is read and checked against the config first,
     so a missing or mismatched file is reported before any backbone is built or downloaded."""
-    payloads = {b: load_artifact(model_path(cfg, b), b, BRANCH_CLASSES[b].fit_config_of(cfg[b], cfg.seed),
-                                 BRANCH_CLASSES[b].train_hint) for b in BRANCHES}
+    payloads = {b: load_artifact(model_path(cfg, b), b, expected_fit_config(b, cfg), BRANCH_CLASSES[b].train_hint)
+                for b in BRANCHES}
     return {b: build_branch(b, cfg, device).load(model_path(cfg, b), payloads[b]) for b in BRANCHES}
 
 

@@ -1,6 +1,8 @@
-"""Run the trained detector on your own images.
+"""Run the trained detector on your own images, or on a video or camera stream.
 
-    python -m usad.predict --config configs/coalad.yaml [--set KEY=VALUE] [--threshold T] [--out DIR] IMAGE_OR_FOLDER...
+    python -m usad.predict --config configs/coalad.yaml [--set KEY=VALUE] [--out DIR]
+                           [--operating-point FILE] [--threshold T] [--min-area A] IMAGE_OR_FOLDER...
+    python -m usad.predict ... --video FILE_OR_CAMERA_INDEX [--every N]      (see usad.video)
 
 Folders are scanned for images, recursively (sorted; hidden files ignored).
 Files without an image extension (usad.data.dataset.IMAGE_EXTENSIONS) are
@@ -12,9 +14,19 @@ scaled, over the image at its own size), <name>_maps.png (input | M_obj |
 M_attr | M_pc | fused at the evaluation size, each map on its own range over
 this image, printed under it; see usad.figures) and <name>_maps.npz (m_fused,
 m_obj, m_attr, m_pc at the evaluation size); for all images
-scores.csv and scores.json (file, status, score, s_obj, s_attr, s_pc, and
-verdict with --threshold: "anomalous" when score > T). <name> is the file stem,
-made unique when two inputs share one. An unreadable image is reported (status
+scores.csv and scores.json (file, status, score, s_obj, s_attr, s_pc,
+verdict, boxes). <name> is the file stem, made unique when two inputs share one.
+
+Decisions (usad.decisions): with an operating point (--operating-point FILE,
+or by default <paths.models>/<category>/operating_point.json when it exists,
+made by ``python -m usad.calibrate``) every image gets a verdict ("anomalous"
+when score > its image threshold), <name>_mask.png (the fused map at the
+image's own size above its pixel threshold, 255 = anomalous) and boxes (the
+mask's connected regions {x0, y0, x1, y1, area, peak} in the image's own
+pixels, ends exclusive; JSON text in scores.csv), drawn on the overlay.
+--min-area A drops regions of fewer than A pixels from the mask and the boxes.
+--threshold T overrides the image threshold (and gives verdicts without an
+operating point). An operating point made with other model files is refused. An unreadable image is reported (status
 "error: ...") and skipped; the others are still processed, and the exit status
 is 1. Config or model problems, an input path that does not exist, or no
 image at all among the inputs stop the run before any work (exit status 2).
@@ -36,14 +48,16 @@ from PIL import Image
 from .artifacts import atomic_write
 from .config import add_config_args, config_from_args
 from .data.dataset import IMAGE_EXTENSIONS, DatasetError, is_image_file, list_images, load_rgb
+from .decisions import overlay_with_boxes, write_mask_png
 from .detector import Detector
 from .figures import maps_panel
 from .pipeline import results_dir, run_cli
-from .report import overlay, write_png
+from .report import write_png
+from .video import open_video, parse_source, predict_video
 
 log = logging.getLogger("usad")
 
-FIELDS = ("file", "status", "score", "s_obj", "s_attr", "s_pc", "verdict")
+FIELDS = ("file", "status", "score", "s_obj", "s_attr", "s_pc", "verdict", "boxes")
 
 
 SHOW_SKIPPED = 5  # skipped files named in the warning
@@ -99,7 +113,7 @@ def write_table(out: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS)
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({**r, "boxes": json.dumps(r["boxes"]) if isinstance(r["boxes"], list) else r["boxes"]} for r in rows)
     as_json = [{k: (None if v == "" else v) for k, v in r.items()} for r in rows]
     atomic_write(out / "scores.csv", lambda tmp: tmp.write_text(buf.getvalue()))
     atomic_write(out / "scores.json", lambda tmp: tmp.write_text(json.dumps(as_json, indent=2) + "\n"))
@@ -112,8 +126,9 @@ def save_maps(path: Path, maps: dict[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def predict_files(detector: Detector, files: list[Path], out: Path, threshold: float | None) -> list[dict]:
-    """Detect in batches of ``data.batch_size``; an unreadable file is recorded and skipped."""
+def predict_files(detector: Detector, files: list[Path], out: Path) -> list[dict]:
+    """Detect in batches of ``data.batch_size`` at the detector's thresholds; an unreadable file is recorded
+    and skipped."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [dict(dict.fromkeys(FIELDS, ""), file=str(f)) for f in files]
     stems = unique_stems(files)
@@ -130,10 +145,11 @@ def predict_files(detector: Detector, files: list[Path], out: Path, threshold: f
             continue
         results = detector.predict_rgb([image for _, image in batch], [str(files[i]) for i, _ in batch])
         for (i, image), r in zip(batch, results):
-            rows[i].update(status="ok", score=r.score, s_obj=r.s_obj, s_attr=r.s_attr, s_pc=r.s_pc)
-            if threshold is not None:
-                rows[i]["verdict"] = "anomalous" if r.score > threshold else "normal"
-            write_png(out / f"{stems[i]}_overlay.png", overlay(np.asarray(image), r.anomaly_map()))
+            rows[i].update(status="ok", score=r.score, s_obj=r.s_obj, s_attr=r.s_attr, s_pc=r.s_pc,
+                           verdict=r.verdict or "", boxes="" if r.boxes is None else r.boxes)
+            write_png(out / f"{stems[i]}_overlay.png", overlay_with_boxes(np.asarray(image), r.anomaly_map(), r.boxes or []))
+            if r.mask is not None:
+                write_mask_png(out / f"{stems[i]}_mask.png", r.mask)
             size = r.maps["m_fused"].shape[-1]  # the input as the detector saw it: stretched to the eval size
             write_png(out / f"{stems[i]}_maps.png", maps_panel(np.asarray(image.resize((size, size), Image.BICUBIC)), r.maps))
             save_maps(out / f"{stems[i]}_maps.npz", r.maps)
@@ -149,26 +165,59 @@ def format_rows(rows: list[dict]) -> str:
     for r in rows:
         if r["status"] == "ok":
             nums = "  ".join(f"{r[k]:9.4f}" for k in ("score", "s_obj", "s_attr", "s_pc"))
-            lines.append(f"{r['file']:{width}s}  {nums}  {r['verdict']}")
+            boxes = f", {len(r['boxes'])} box(es)" if isinstance(r["boxes"], list) else ""
+            lines.append(f"{r['file']:{width}s}  {nums}  {r['verdict']}{boxes}")
         else:
             lines.append(f"{r['file']:{width}s}  {'-':>9s}  {'-':>9s}  {'-':>9s}  {'-':>9s}  {r['status']}")
     return "\n".join(lines)
 
 
+def count(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        if not (text.isdigit() and text.isascii() and int(text) >= minimum):
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return int(text)
+    return parse
+
+
 def main(argv=None) -> int:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    parser.add_argument("--threshold", type=float, help="image score above which an image is called anomalous")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--video", metavar="FILE_OR_CAMERA_INDEX", help="a video file, or a camera index (0 = first camera)")
+    parser.add_argument("--every", type=count(1), default=1, help="with --video: process every N-th frame (default 1)")
+    parser.add_argument("--operating-point", metavar="FILE",
+                        help="operating point from usad.calibrate (default <paths.models>/<category>/operating_point.json "
+                             "when it exists)")
+    parser.add_argument("--threshold", type=float,
+                        help="image score above which an image is called anomalous (overrides the operating point's)")
+    parser.add_argument("--min-area", type=count(0), default=0,
+                        help="drop mask regions (and boxes) of fewer pixels, at the image's own size (default 0)")
     parser.add_argument("--out", help="output folder (default <paths.results>/<category>/predict)")
     args = parser.parse_args(argv)
+    if bool(args.inputs) == bool(args.video):
+        parser.error("give images or folders, or --video FILE_OR_CAMERA_INDEX (one of the two)")
+    if args.every != 1 and not args.video:
+        parser.error("--every applies to --video only")
     cfg = config_from_args(args)
+    out = Path(args.out) if args.out else results_dir(cfg) / "predict"
+    if args.video:
+        source = parse_source(args.video)
+        cap = open_video(source)  # an unreadable video is reported before the models are loaded
+        try:
+            detector = Detector.from_config(cfg, args.operating_point, args.threshold, args.min_area)
+        except BaseException:
+            cap.release()
+            raise
+        predict_video(detector, cap, source, out, args.every)
+        return 0
     files = gather(args.inputs)
     if not files:
         raise DatasetError(f"no image files found in {', '.join(args.inputs)}")
-    out = Path(args.out) if args.out else results_dir(cfg) / "predict"
-    rows = predict_files(Detector.from_config(cfg), files, out, args.threshold)
+    rows = predict_files(Detector.from_config(cfg, args.operating_point, args.threshold, args.min_area), files, out)
     print(format_rows(rows))
-    log.info("results in %s (scores.csv, scores.json, *_overlay.png, *_maps.png, *_maps.npz)", out)
+    log.info("results in %s (scores.csv, scores.json, *_overlay.png, *_mask.png with an operating point, *_maps.png, "
+             "*_maps.npz)", out)
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         log.error("%d of %d images could not be processed (see the status column of %s)",

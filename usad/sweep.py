@@ -42,9 +42,10 @@ from .backbones import check_patch_multiple, resolve_device
 from .config import add_config_args, config_from_args, with_overrides
 from .data.dataset import TestDataset, make_loader
 from .errors import UsadError
-from .fusion import fuse, to_eval_size
+from .evaluation import maclu_maps
+from .fusion import fuse
 from .ops import resize_images
-from .pipeline import category_dir, evaluate, fit_branch, load_branches, results_dir, run_cli
+from .pipeline import category_dir, evaluate, fit_branch, load_branches, metric_device, results_dir, run_cli
 
 log = logging.getLogger("usad")
 
@@ -103,32 +104,26 @@ def check_values(sweep: str, values, patch: int | None, backbone: str = "") -> l
 
 
 # ------------------------------------------------------------------ points
-def fused_metrics(label, mask, s_obj, s_pc, m_obj, m_attr, m_pc, fusion_cfg, chunk: int = 16) -> dict:
-    """Fuse stored branch outputs (maps at the evaluation size) and score the result."""
+def fused_metrics(label, mask, s_obj, s_pc, m_obj, m_attr, m_pc, fusion_cfg, device=None, chunk: int = 16) -> dict:
+    """Fuse stored branch outputs (maps at the evaluation size) and score the result (fusion and pixel metrics
+    on ``device``, default the host)."""
     s_fused = np.empty(len(label), np.float32)
     m_fused = np.empty_like(m_attr)
     for a in range(0, len(label), chunk):
         b = slice(a, a + chunk)
-        t = lambda x: torch.from_numpy(np.ascontiguousarray(x[b]))
+        t = lambda x: torch.from_numpy(np.ascontiguousarray(x[b])).to(device or "cpu")
         s, m, _ = fuse(t(s_obj), t(s_pc), t(m_obj), t(m_attr), t(m_pc), fusion_cfg)
-        s_fused[b], m_fused[b] = s.numpy(), m.numpy()
-    return metrics.compute_all(label, s_fused, mask, m_fused)
+        s_fused[b], m_fused[b] = s.cpu().numpy(), m.cpu().numpy()
+    return metrics.compute_all(label, s_fused, mask, m_fused, device=device)
 
 
-def tau_points(cfg, values, branches: dict) -> Iterator[dict]:
-    """Fig. 12: one pass through the backbones, then every tau from the stored MACLU ratios."""
-    device = resolve_device(cfg.device)
-    preds = evaluate(cfg, branches, keep_ratios=True)
-    maclu, size = branches["maclu"], cfg.data.eval_size
-    r, labels = preds.extras["maclu_r"], preds.extras["maclu_labels"]
+def tau_points(cfg, values, preds, fg: int) -> Iterator[dict]:
+    """Fig. 12: every tau from the MACLU ratios stored by one pass through the backbones
+    (``evaluate(..., keep_ratios=True)``; ``fg``: MACLU's foreground cluster)."""
     for tau in values:
-        m_obj = np.empty_like(preds.maps["m_attr"])
-        for a in range(0, len(r), cfg.data.batch_size):
-            b = slice(a, a + cfg.data.batch_size)
-            m = maclu.map_from_ratios(torch.from_numpy(r[b]).to(device), torch.from_numpy(labels[b]).to(device), tau)
-            m_obj[b] = to_eval_size(m, size).cpu().numpy()
         row = {"tau": tau, **fused_metrics(preds.label, preds.mask, preds.scores["s_obj"], preds.scores["s_pc"],
-                                           m_obj, preds.maps["m_attr"], preds.maps["m_pc"], cfg.fusion)}
+                                           maclu_maps(preds, fg, cfg, tau), preds.maps["m_attr"], preds.maps["m_pc"],
+                                           cfg.fusion, metric_device(cfg))}
         log.info("tau=%.3f: %s", tau, {k: round(v, 4) for k, v in row.items() if k != "tau"})
         yield row
 
@@ -162,20 +157,22 @@ def backbone_throughput(model, cfg, device: torch.device, n_batches: int = THROU
     return n_images / max(seconds, 1e-9)
 
 
-def resolution_points(cfg, sweep: str, values, branches: dict) -> Iterator[dict]:
-    """Figs. 10 / 11: refit one ViT branch per resolution, evaluate the fusion, time the branch's backbone."""
+def resolution_points(cfg, sweep: str, values, branches: dict, fit=fit_branch) -> Iterator[dict]:
+    """Figs. 10 / 11: refit one ViT branch per resolution, evaluate the fusion, time the branch's backbone.
+    ``fit(branch, point_cfg, device)`` gives the fitted branch of a point (``usad.reproduce`` reuses saved ones)."""
     branch = BRANCH_OF[sweep]
     device = resolve_device(cfg.device)
     score_key, map_key = ("s_obj", "m_obj") if branch == "maclu" else ("s_attr", "m_attr")
+    mdev = metric_device(cfg)
     for size in values:
         point_cfg = with_overrides(cfg, f"{branch}.image_size={int(size)}")
-        model = fit_branch(branch, point_cfg, device)
+        model = fit(branch, point_cfg, device)
         preds = evaluate(point_cfg, {**branches, branch: model})
         row = {"image_size": int(size), "throughput_img_s": backbone_throughput(model, point_cfg, device),
-               **metrics.compute_all(preds.label, preds.scores["s_fused"], preds.mask, preds.maps["m_fused"]),
+               **metrics.compute_all(preds.label, preds.scores["s_fused"], preds.mask, preds.maps["m_fused"], device=mdev),
                "branch_image_auroc": metrics.image_auroc(preds.label, preds.scores[score_key]),
-               "branch_pixel_auroc": metrics.pixel_auroc(preds.mask, preds.maps[map_key]),
-               "branch_pro_auc_usad": metrics.pro_auc_usad(preds.mask, preds.maps[map_key], preds.label)}
+               "branch_pixel_auroc": metrics.pixel_auroc(preds.mask, preds.maps[map_key], device=mdev),
+               "branch_pro_auc_usad": metrics.pro_auc_usad(preds.mask, preds.maps[map_key], preds.label, device=mdev)}
         log.info("%s=%d: %s", f"{branch}.image_size", size, {k: round(v, 4) for k, v in row.items()})
         yield row
 
@@ -231,18 +228,28 @@ def plot(path: Path, rows: list[dict], x: str, title: str, branch: str | None = 
     plt.close(fig)
 
 
+def save_sweep(cfg, sweep: str, rows: list[dict]) -> list[Path]:
+    """``<paths.results>/<category>/sweeps/<sweep>.csv`` and ``.png`` of the rows so far."""
+    out = results_dir(cfg) / "sweeps"
+    paths = [out / f"{sweep}.csv", out / f"{sweep}.png"]
+    write_csv(paths[0], rows)
+    plot(paths[1], rows, "tau" if sweep == "tau" else "image_size", f"{FIGURE[sweep]}: {sweep}", BRANCH_OF.get(sweep))
+    return paths
+
+
 def run_sweep(cfg, sweep: str, values=None, branches: dict | None = None) -> list[dict]:
     """One sweep (default: the paper's values); the CSV and PNG are rewritten after every point."""
     branches = branches or load_branches(cfg, resolve_device(cfg.device))
     values = check_values(sweep, DEFAULT_VALUES[sweep] if values is None else values, *swept_backbone(branches, sweep))
-    out, x = results_dir(cfg) / "sweeps", "tau" if sweep == "tau" else "image_size"
-    points = tau_points(cfg, values, branches) if sweep == "tau" else resolution_points(cfg, sweep, values, branches)
+    if sweep == "tau":
+        points = tau_points(cfg, values, evaluate(cfg, branches, keep_ratios=True), branches["maclu"].fg)
+    else:
+        points = resolution_points(cfg, sweep, values, branches)
     rows = []
     for row in points:
         rows.append(row)
-        write_csv(out / f"{sweep}.csv", rows)
-        plot(out / f"{sweep}.png", rows, x, f"{FIGURE[sweep]}: {sweep}", BRANCH_OF.get(sweep))
-    log.info("%s: %s and %s", sweep, out / f"{sweep}.csv", out / f"{sweep}.png")
+        paths = save_sweep(cfg, sweep, rows)
+    log.info("%s: %s and %s", sweep, *paths)
     return rows
 
 
