@@ -519,6 +519,7 @@ def section_golden(ctx) -> dict:
         res.update(golden_agreement(ctx, devices))
     else:  # the golden tests below still run on the committed fixture (tests/golden)
         res["agreement_skipped"] = f"golden fixture not found at {GOLDEN}: set USAD_GOLDEN to a copy of ../shared/golden"
+    res["startups"] = fixture_startups(ctx, devices[-1])
     device = devices[-1]
     log = ctx.logs / f"pytest-golden-{device.replace(':', '')}.log"
     t0 = time.perf_counter()
@@ -529,6 +530,24 @@ def section_golden(ctx) -> dict:
     lines = [line for line in tail(log, 2000).splitlines() if line.strip()]
     res[f"pytest_{device}"] = {"rc": rc, "summary": lines[-1] if lines else "", "wall_s": time.perf_counter() - t0}
     return res
+
+
+def fixture_startups(ctx, device: str) -> dict:
+    """The four scripts against `python -m usad.run` on the committed fixture (tests/golden), where the
+    repeated start-ups are most of the scripts' time: interleaved, the minimum of ``ctx.repeat`` runs each."""
+    config = ["--config", str(REPO / "tests" / "golden.yaml")]
+    scripts, runs = [], []
+    for rep in range(ctx.repeat):
+        for tag in (f"fixture-scripts-{rep}", f"fixture-usad-run-{rep}"):
+            out = fresh(ctx.work / "runs" / tag)
+            o = set_args([f"paths.models={out / 'models'}", f"paths.results={out / 'results'}", f"device={device}"])
+            if "scripts" in tag:
+                scripts.append(sum(measure(f"{tag}-{key}", [script, *config, *o], ctx.logs)["wall_s"]
+                                   for key, script in SCRIPTS.items()))
+            else:
+                runs.append(measure(tag, ["-m", "usad.run", *config, *o], ctx.logs)["wall_s"])
+    return {"device": device, "scripts_s": min(scripts), "usad_run_s": min(runs),
+            "usad_run_over_scripts": min(runs) / min(scripts)}
 
 
 def golden_agreement(ctx, devices: list[str]) -> dict:
@@ -642,6 +661,10 @@ def table(res: dict) -> str:
     for key, g in res.get("golden", {}).items():
         if key == "agreement_skipped":
             rows.append(("golden usad.run agreement", "skipped: " + g[:90], ""))
+            continue
+        if key == "startups":
+            rows.append((f"fixture (tests/golden), {g['device']}: usad.run / four scripts",
+                         f"{fmt_s(g['usad_run_s'])} / {fmt_s(g['scripts_s'])} = {g['usad_run_over_scripts']:.2f}", "<= 0.75"))
             continue
         if key.startswith("pytest_"):
             rows.append((f"golden tests, device={key[7:]}", f"exit {g['rc']}: {g['summary']}", "pass"))
