@@ -22,7 +22,7 @@
 #   USAD_BENCH_SCALE=full       tiny: 16 / 8 images and tiny backbones everywhere (dry runs; writes
 #                               $USAD_BENCH_WORK/results_dry.json, never benchmarks/results_cuda.json)
 #   USAD_BENCH_STEPS=data,golden,run,tenth,scripts,bf16,tenth_scripts
-#   USAD_BENCH_BUDGET_S=530  USAD_BENCH_HARD_S=budget+60 (3600 and more for USAD_BENCH_SCALE=tiny)
+#   USAD_BENCH_BUDGET_S=530  USAD_BENCH_HARD_S=budget+45 (3600 and more for USAD_BENCH_SCALE=tiny)
 #   USAD_AUTHORS=../shared/usad-authors   USAD_GOLDEN=../shared/golden   (each falls back to ./shared/...:
 #                               on the lent GPU machine ../shared is not there; copy both into the checkout's
 #                               shared/ folder first, which travels: cp -r ../shared/golden ../shared/usad-authors shared/)
@@ -36,7 +36,7 @@ SCALE=${USAD_BENCH_SCALE:-full}
 STEPS=${USAD_BENCH_STEPS:-data,golden,run,tenth,scripts,bf16,tenth_scripts}
 if [ "$SCALE" = tiny ]; then DEFAULT_BUDGET=3600; else DEFAULT_BUDGET=530; fi  # a dry run on 2 cores is slower
 BUDGET=${USAD_BENCH_BUDGET_S:-$DEFAULT_BUDGET}
-HARD=${USAD_BENCH_HARD_S:-$(( BUDGET + 60 ))}  # 590 s: under the lent machine's 600 s per command
+HARD=${USAD_BENCH_HARD_S:-$(( BUDGET + 45 ))}  # 575 s: + 15 s kill-after + the table, under the lent machine's 600 s per command
 WORK=${USAD_BENCH_WORK:-/tmp/usad-bench-gpu}
 mkdir -p "$WORK" || exit 2
 LOG=$WORK/gpu.log
@@ -54,7 +54,8 @@ pick_dir() {  # the first folder among its arguments that holds file $1 (else th
 }
 export USAD_AUTHORS=$(pick_dir train_pc.py "${USAD_AUTHORS:-}" ../shared/usad-authors shared/usad-authors)
 export USAD_GOLDEN=$(pick_dir reference.npz "${USAD_GOLDEN:-}" ../shared/golden shared/golden)
-echo "authors' code: ${USAD_AUTHORS:-missing}; golden fixture: ${USAD_GOLDEN:-missing}"
+found() { [ -e "$1/$2" ] && echo "$1" || echo "$1 (MISSING)"; }
+echo "authors' code: $(found "$USAD_AUTHORS" train_pc.py); golden fixture: $(found "$USAD_GOLDEN" reference.npz)"
 
 # ---------------------------------------------------------------- the interpreter and its packages
 PY=""
@@ -96,6 +97,9 @@ else
 fi
 BENCH=("$PY" benchmarks/run.py --device "$DEVICE" --work "$WORK" --out "$RESULTS" --update --repeat 1 --no-table --authors "$USAD_AUTHORS" ${SIZES[@]+"${SIZES[@]}"})
 declare -A EST=([data]=45 [golden]=120 [run]=180 [tenth]=210 [scripts]=160 [bf16]=130 [tenth_scripts]=90)  # s, H100, upper
+for s in ${STEPS//,/ }; do
+  [ -n "${EST[$s]+x}" ] || { echo "unknown step '$s' in USAD_BENCH_STEPS: choose from ${!EST[*]}"; exit 2; }
+done
 
 publish() {  # the JSON beside the code (not for dry runs) and, on the lent machine, in $OUT
   [ -f "$RESULTS" ] || return 0

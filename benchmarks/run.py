@@ -478,6 +478,8 @@ def section_tenth(ctx) -> dict:
     ensure_sets(ctx.work, [scale])
     root = set_root(ctx.work, scale)
     res = {"scale": scale, "n_train": SCALES[scale][0], "n_test": SCALES[scale][1], "backbones": b}
+    if "authors" in ctx.tenth_parts:
+        check_authors_setup(ctx)  # before our runs: a missing clone must not cost them
     if "usad_run" in ctx.tenth_parts:
         res["usad_run"] = usad_run(f"tenth-usad_run-{b}", root, ctx, b, again=True)
     if "scripts" in ctx.tenth_parts:
@@ -487,14 +489,17 @@ def section_tenth(ctx) -> dict:
     return res
 
 
-def authors_times(data: Path, ctx, backbones: str) -> dict:
-    """The authors' four scripts on ``data`` via tools/authors_harness.py (each script its own process)."""
+def check_authors_setup(ctx) -> None:
     if re.search("test|good", str(ctx.work)):  # their data code looks for these words anywhere in a path
         raise RuntimeError(f"--work {ctx.work} contains 'test' or 'good', which the authors' code cannot take: "
                            f"choose another --work")
     if not (ctx.authors / "train_pc.py").is_file():
         raise RuntimeError(f"the authors' code is not at {ctx.authors}: pass --authors DIR (a clone of "
                            f"github.com/xjpp2016/USAD) or set USAD_AUTHORS")
+
+
+def authors_times(data: Path, ctx, backbones: str) -> dict:
+    """The authors' four scripts on ``data`` via tools/authors_harness.py (each script its own process)."""
     work = fresh(ctx.work / "authors" / backbones)
     out = work.parent / f"times-{backbones}.json"
     out.unlink(missing_ok=True)
@@ -655,7 +660,7 @@ def worst(measurements: list[dict]) -> dict:
 
 
 def table(res: dict) -> str:
-    rows = [("machine", res["machine"], "")]
+    rows = [("machine", res.get("machine", "(no section measured)"), "")]
     if res.get("env", {}).get("gpu"):
         rows.append(("GPU / torch / date", f"{res['env']['gpu']} / {res['env']['torch']} / {res['date']}", ""))
     for key, g in res.get("golden", {}).items():

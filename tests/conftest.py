@@ -66,6 +66,15 @@ def tiny_config(tmp_path: Path, data_root: Path, category: str = "coal_ad", *ove
     ])
 
 
+def config_argv(cfg, folder: Path) -> list[str]:
+    """The CLI form of a config: ``--config FILE``, the whole of it written to a new YAML file in ``folder``."""
+    import yaml
+
+    path = folder / f"config_{len(list(folder.glob('config_*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return ["--config", str(path)]
+
+
 def golden_argv(tmp_path: Path, fixture: str = "repo") -> list[str]:
     argv = ["--config", str(GOLDEN_CONFIG)]
     for o in golden_overrides(tmp_path, fixture):

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from scipy import ndimage
 
@@ -25,20 +24,13 @@ from usad.decisions import (BOX_COLOUR, OperatingPointError, format_operating_po
 from usad.pipeline import evaluate, load_branches, model_path, run_cli, train_branch
 from usad.predict import main as predict_main
 
-from conftest import tiny_config
+from conftest import config_argv, tiny_config
 from test_decisions import EIGHT, reference_boxes
 
 SMALL = ("maclu.image_size=70", "ma2patch.image_size=84", "patchcore.image_size=64", "data.eval_size=84",
          "patchcore.coreset_ratio=0.1")
 HOLDOUT = ("data.holdout_ratio=0.5",)
 N_TRAIN, RATE = 24, 0.2            # 12 held-out normals; k = floor(0.2 * 12) = 2 allowed false alarms
-
-
-def config_argv(cfg, folder) -> list[str]:
-    """The CLI form of a config: the whole of it written to a YAML file."""
-    path = folder / f"config_{len(list(folder.glob('config_*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
-    return ["--config", str(path)]
 
 
 @pytest.fixture(scope="module")

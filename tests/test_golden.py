@@ -13,7 +13,7 @@ import torch
 from usad import metrics
 from usad.fusion import to_eval_size
 
-from make_golden import dequantise, pool
+from make_golden import dequantise, pearson, pool
 
 PEARSON_MIN = 0.999   # scores and maps, per branch and fused
 METRIC_TOL = 0.005    # Image-AUC, Pixel-AUC, PRO-AUC
@@ -24,12 +24,6 @@ METRIC_TOL = 0.005    # Image-AUC, Pixel-AUC, PRO-AUC
 MAP_MAX_ABS = {"m_obj": 0.005, "m_attr": 0.005, "m_pc": 0.03, "m_fused": 0.02}
 AS_IS_PEARSON_MIN = 0.99  # against the authors' scripts as they are (ViT training-size departure included)
 FIXTURES = ["repo", "shared"]
-
-
-def pearson(a, b) -> float:
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 @pytest.fixture(scope="module", params=FIXTURES)

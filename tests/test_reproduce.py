@@ -19,8 +19,8 @@ import usad.run
 from usad import reproduce
 from usad.pipeline import BRANCHES, model_path
 
-from conftest import tree_hashes
-from test_run import assert_same_metrics, config_argv, tiny_setup
+from conftest import config_argv, tree_hashes
+from test_run import assert_same_metrics, tiny_setup
 from test_sweep import BackboneCalls
 
 OPTIONS = ["--values", "tau=1.1,1.14,1.2", "--values", "maclu_resolution=42", "--skip", "ma2patch_resolution",
@@ -44,7 +44,7 @@ def results_state(cfg) -> dict:
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reproduce")
     cfg = tiny_setup(tmp)
-    argv = config_argv(cfg, tmp / "tiny.yaml")
+    argv = config_argv(cfg, tmp)
     direct = lambda *sets: usad.run.main(argv + ["--heatmaps", "0", "--panels", "0", "--ablation",
                                                  "--set", f"paths.results={tmp / 'direct'}", *sets])
     record = {"cfg": cfg, "tmp": tmp}

@@ -10,14 +10,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import usad.run
 from usad.backbones import ResNetFeatures, ViTFeatures
 from usad.data.synthetic import make_synthetic_coalad
 from usad.pipeline import BRANCHES, model_path
 
-from conftest import golden_argv, tiny_config
+from conftest import config_argv, golden_argv, tiny_config
 from test_golden import METRIC_TOL, PEARSON_MIN, pearson
 from test_sweep import BackboneCalls
 
@@ -39,12 +38,6 @@ def assert_same_metrics(a: dict, b: dict, tol: float = 1e-9) -> None:
     assert sorted(a) == sorted(b)
     for k in a:
         assert a[k] == pytest.approx(b[k], abs=tol), k
-
-
-def config_argv(cfg, path) -> list[str]:
-    """``--config FILE`` holding ``cfg`` (every key), written to ``path``."""
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
-    return ["--config", str(path)]
 
 
 def tiny_setup(tmp):
@@ -113,7 +106,7 @@ def test_golden_outputs_written_once_per_backbone(golden_one_process):
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run_tiny")
     cfg = tiny_setup(tmp)
-    argv = config_argv(cfg, tmp / "tiny.yaml") + ["--heatmaps", "0", "--panels", "0"]
+    argv = config_argv(cfg, tmp) + ["--heatmaps", "0", "--panels", "0"]
     first = usad.run.main(argv)
     return {"argv": argv, "cfg": cfg, "metrics": first, "tmp": tmp}
 

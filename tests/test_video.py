@@ -7,7 +7,6 @@ import logging
 import cv2
 import numpy as np
 import pytest
-import yaml
 
 from usad import Detector
 from usad.data.synthetic import make_synthetic_coalad
@@ -15,7 +14,7 @@ from usad.decisions import model_hashes, score_config, write_operating_point
 from usad.pipeline import run_cli, train_branch
 from usad.predict import main as predict_main
 
-from conftest import tiny_config
+from conftest import config_argv, tiny_config
 
 SMALL = ("maclu.image_size=70", "ma2patch.image_size=84", "patchcore.image_size=64", "data.eval_size=84",
          "patchcore.coreset_ratio=0.1")
@@ -56,9 +55,8 @@ def setup(tmp_path_factory):
         "image_threshold": float(np.median([r.score for r in raw])),
         "pixel_threshold": float(np.median([r.maps["m_fused"].max() for r in raw])),
         "false_alarm_rate": 0.5, "n_images": len(raw), "models": model_hashes(cfg), "score_config": score_config(cfg)})
-    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     return {"tmp": tmp, "cfg": cfg, "images": images, "op": op_file,
-            "argv": ["--config", str(tmp / "config.yaml"), "--operating-point", str(op_file)]}
+            "argv": config_argv(cfg, tmp) + ["--operating-point", str(op_file)]}
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,15 @@ def atomic_write(path: Path, write, durable: bool = True) -> None:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_sha256(payload: dict) -> str:
     """SHA-256 of a model file's content: format, branch, fit_config, info, and every tensor's name, dtype,
     shape and bytes."""

@@ -28,14 +28,13 @@ is reported and skipped.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import check_writable
+from .artifacts import check_writable, file_sha256
 from .config import add_config_args, config_from_args
 from .data.dataset import NORMAL_KIND, DatasetError, holdout_split, load_rgb, train_samples
 from .decisions import (allowed_false_alarms, model_hashes, operating_point_path, required_images, score_config,
@@ -88,10 +87,6 @@ def held_out_images(cfg) -> list[Path]:
     if not held:
         raise CalibrationError(f"--holdout: no training images in {dataset_dir(cfg) / 'train' / NORMAL_KIND}")
     return held
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def training_overlap(images: list[Path], training: list[Path]) -> list[Path]:

@@ -43,10 +43,9 @@ import cv2
 import numpy as np
 import torch
 
-from .artifacts import atomic_write
 from .errors import UsadError
 from .pipeline import BRANCH_CLASSES, BRANCHES, model_path
-from .report import overlay, write_json
+from .report import overlay, write_json, write_png
 
 log = logging.getLogger("usad")
 
@@ -245,10 +244,7 @@ def overlay_with_boxes(image_rgb: np.ndarray, anomaly_map: np.ndarray, boxes: li
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:
     """A binary mask as a one-channel PNG, 255 = anomalous (like the ground-truth masks), atomically."""
-    ok, data = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-    if not ok:
-        raise OSError(f"could not encode {path} as PNG")
-    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data.tobytes()))
+    write_png(path, mask.astype(np.uint8) * 255)
 
 
 # ----------------------------------------------------------------------------- metrics at the operating point

@@ -22,7 +22,7 @@ from .backbones import resolve_device
 from .decisions import format_operating_point, operating_point_section
 from .figures import save_panels
 from .fusion import fuse, to_eval_size
-from .maclu import mean_replacement, ratio_map
+from .maclu import object_map
 from .pipeline import Predictions, category_dir, evaluate, metric_device, results_dir
 from .report import save_heatmaps, save_predictions as write_predictions, table1, write_json
 
@@ -66,8 +66,8 @@ def maclu_maps(preds, fg: int, cfg, tau: float | None = None) -> np.ndarray:
     out = np.empty((len(r), cfg.data.eval_size, cfg.data.eval_size), np.float32)
     for a in range(0, len(r), cfg.data.batch_size):
         b = slice(a, a + cfg.data.batch_size)
-        kept = mean_replacement(torch.from_numpy(r[b]).to(device), torch.from_numpy(labels[b]).to(device), fg, tau)  # Eq. 7
-        out[b] = to_eval_size(ratio_map(kept, cfg.maclu.image_size, cfg.maclu.sigma), cfg.data.eval_size).cpu().numpy()  # Eq. 8
+        m = object_map(torch.from_numpy(r[b]).to(device), torch.from_numpy(labels[b]).to(device), fg, tau, cfg.maclu)
+        out[b] = to_eval_size(m, cfg.data.eval_size).cpu().numpy()
     return out
 
 

@@ -55,6 +55,12 @@ def ratio_map(r: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     return gaussian_blur(minmax_normalize(resize_bilinear(grid, size)), sigma)
 
 
+def object_map(r: torch.Tensor, labels: torch.Tensor, fg: int, tau: float, cfg) -> torch.Tensor:
+    """M_obj at the branch size: mean replacement above ``tau`` (Eq. 7), then the map (Eq. 8); ``cfg``: the
+    ``maclu`` section (image_size, sigma)."""
+    return ratio_map(mean_replacement(r, labels, fg, tau), cfg.image_size, cfg.sigma)
+
+
 class MACLU:
     name = "maclu"
     train_hint = "python train_ma_clu.py"
@@ -137,8 +143,7 @@ class MACLU:
 
     def map_from_ratios(self, r: torch.Tensor, labels: torch.Tensor, tau: float | None = None) -> torch.Tensor:
         """Eq. 7-8: mean replacement above tau (default: the config's), then the map."""
-        tau = self.cfg.tau if tau is None else tau
-        return ratio_map(mean_replacement(r, labels, self.fg, tau), self.cfg.image_size, self.cfg.sigma)
+        return object_map(r, labels, self.fg, self.cfg.tau if tau is None else tau, self.cfg)
 
     def score(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(s_obj (B,), M_obj (B, size, size)) from extracted features."""

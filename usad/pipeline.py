@@ -94,13 +94,15 @@ def build_branch(branch: str, cfg, device: torch.device):
     return model
 
 
-def fit_branch(branch: str, cfg, device: torch.device | None = None):
-    """Fit one branch on the normal training images (checked first); returns the fitted branch."""
+def fit_branch(branch: str, cfg, device: torch.device | None = None, check: bool = True):
+    """Fit one branch on the normal training images (checked first, unless ``check`` is off because the caller
+    already ran the same ``check_dataset``, e.g. ``usad.run.check_inputs``); returns the fitted branch."""
     seed_everything(cfg.seed)
     device = device or resolve_device(cfg.device)
     check_backbone(cfg[branch], branch)  # name, model_kwargs, image size: before any download
     root = category_dir(cfg)
-    check_dataset(root, splits=("train",))
+    if check:
+        check_dataset(root, splits=("train",))  # decodes every image: once per process is enough
     samples, held_out = holdout_split(train_samples(root), cfg.data.holdout_ratio, cfg.seed)
     if held_out:
         log.info("%s: %d of %d training images held out of fitting for calibration (data.holdout_ratio=%g, seed=%d)",
@@ -230,11 +232,14 @@ def make_cache(cfg):
     return FeatureCache(cfg.cache.dir, cfg.cache.dtype), fps
 
 
-def evaluate(cfg, branches: dict | None = None, keep_branch_maps: bool = True, keep_ratios: bool = False) -> Predictions:
-    """Run every test image through the loaded branches and fusion."""
+def evaluate(cfg, branches: dict | None = None, keep_branch_maps: bool = True, keep_ratios: bool = False,
+             check: bool = True) -> Predictions:
+    """Run every test image through the loaded branches and fusion (the test split checked first, unless
+    ``check`` is off because the caller already ran the same ``check_dataset``)."""
     device = resolve_device(cfg.device)
     root = category_dir(cfg)
-    check_dataset(root, cfg.data.eval_size, splits=("test",))
+    if check:
+        check_dataset(root, cfg.data.eval_size, splits=("test",))
     branches = branches or load_branches(cfg, device)
     dataset = TestDataset(root, cfg.data.eval_size)
     cache, fingerprints = make_cache(cfg)

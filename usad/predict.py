@@ -52,7 +52,7 @@ from .decisions import overlay_with_boxes, write_mask_png
 from .detector import Detector
 from .figures import maps_panel
 from .pipeline import results_dir, run_cli
-from .report import write_png
+from .report import write_npz, write_png
 from .video import open_video, parse_source, predict_video
 
 log = logging.getLogger("usad")
@@ -119,13 +119,6 @@ def write_table(out: Path, rows: list[dict]) -> None:
     atomic_write(out / "scores.json", lambda tmp: tmp.write_text(json.dumps(as_json, indent=2) + "\n"))
 
 
-def save_maps(path: Path, maps: dict[str, np.ndarray]) -> None:
-    def write(tmp: Path):
-        with open(tmp, "wb") as f:
-            np.savez(f, **maps)
-    atomic_write(path, write)
-
-
 def predict_files(detector: Detector, files: list[Path], out: Path) -> list[dict]:
     """Detect in batches of ``data.batch_size`` at the detector's thresholds; an unreadable file is recorded
     and skipped."""
@@ -152,7 +145,7 @@ def predict_files(detector: Detector, files: list[Path], out: Path) -> list[dict
                 write_mask_png(out / f"{stems[i]}_mask.png", r.mask)
             size = r.maps["m_fused"].shape[-1]  # the input as the detector saw it: stretched to the eval size
             write_png(out / f"{stems[i]}_maps.png", maps_panel(np.asarray(image.resize((size, size), Image.BICUBIC)), r.maps))
-            save_maps(out / f"{stems[i]}_maps.npz", r.maps)
+            write_npz(out / f"{stems[i]}_maps.npz", r.maps)
     write_table(out, rows)
     return rows
 

@@ -59,16 +59,19 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
-def save_predictions(path: Path, preds) -> None:
-    """All per-image outputs in evaluation order (maps at the evaluation size), atomically."""
-    source = {"files": np.array(preds.files), "label": preds.label, "mask": preds.mask, **preds.scores, **preds.maps}
-    arrays = {k: source[k] for k in PREDICTION_KEYS}
-
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays as an uncompressed NPZ, written atomically (``np.savez`` to an open file keeps the exact name)."""
     def write(tmp: Path):
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
     atomic_write(Path(path), write)
+
+
+def save_predictions(path: Path, preds) -> None:
+    """All per-image outputs in evaluation order (maps at the evaluation size), atomically."""
+    source = {"files": np.array(preds.files), "label": preds.label, "mask": preds.mask, **preds.scores, **preds.maps}
+    write_npz(path, {k: source[k] for k in PREDICTION_KEYS})
 
 
 def colorize(m: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -88,8 +91,8 @@ def resized_rgb(path: Path, size: int) -> np.ndarray:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """An RGB uint8 image as PNG, written atomically."""
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    """An RGB uint8 image (or a one-channel H x W one) as PNG, written atomically."""
+    ok, data = cv2.imencode(".png", rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
     atomic_write(Path(path), lambda tmp: tmp.write_bytes(data.tobytes()))

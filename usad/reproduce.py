@@ -57,7 +57,7 @@ import numpy as np
 import yaml
 
 from . import sweep as sweeps
-from .artifacts import atomic_write
+from .artifacts import atomic_write, file_sha256
 from .backbones import check_vit, resolve_device
 from .cache import file_identity
 from .config import FREE_FORM, REPO_ROOT, add_config_args, config_from_args, load_config
@@ -66,7 +66,7 @@ from .decisions import operating_point_path
 from .errors import UsadError
 from .evaluation import image_count, write_ablation, write_heatmaps, write_metrics, write_panels, with_tau
 from .pipeline import BRANCHES, Predictions, category_dir, evaluate, expected_fit_config, model_path, results_dir, run_cli
-from .report import PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, write_json
+from .report import PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, write_json, write_npz
 from .run import check_inputs, trained_branch
 
 log = logging.getLogger("usad")
@@ -119,14 +119,6 @@ def files_fingerprint(root: Path, paths) -> str:
     return digest(rows)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_identity(branch_cfg) -> dict | None:
     return file_identity(branch_cfg.weights) if branch_cfg.weights else None
 
@@ -160,11 +152,14 @@ def identity(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def read_stamp(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON object file's content (a stamp, metrics.json...), or None when it is missing, unreadable or
+    not an object (a damaged stamp then counts as no stamp: its stage reruns)."""
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return content if isinstance(content, dict) else None
 
 
 def outputs_intact(stamp: dict) -> bool:
@@ -253,7 +248,7 @@ class Reproduction:
     def stage(self, name: str, deps: dict, run, force: bool = False) -> dict:
         """Run ``run(old_stamp) -> [written paths]`` unless the stamp says it is done; returns the stamp."""
         path = self.state / "stages" / f"{name}.json"
-        old = read_stamp(path)
+        old = read_json(path)
         done = old is not None and old.get("key") == digest(deps) and outputs_intact(old)
         if name in self.skip:
             self.records[name] = {"status": "up to date" if done else "skipped (--skip)", "stamp": old if done else None}
@@ -285,7 +280,7 @@ class Reproduction:
     def branch(self, name: str):
         """A trained branch: the one fitted or loaded in this process, else loaded from its model file."""
         if name not in self.branches:
-            self.branches[name], _ = trained_branch(name, self.cfg, self.device)
+            self.branches[name], _ = trained_branch(name, self.cfg, self.device, check=False)  # in a stage: checked
         return self.branches[name]
 
     def outputs(self) -> Predictions:
@@ -313,10 +308,10 @@ class Reproduction:
 
         def run(old):
             # what the model file does not record (its images, the weights file's content) forces a refit
-            stale = old is not None and any(old["deps"].get(k) != deps[k] for k in ("train_images", "weights"))
+            stale = old is not None and any(old.get("deps", {}).get(k) != deps[k] for k in ("train_images", "weights"))
             if stale:
                 log.info("%s: refitting: the training images or the weights file changed since it was fitted", b)
-            self.branches[b], how = trained_branch(b, self.cfg, self.device, retrain=self.retrain or stale)
+            self.branches[b], how = trained_branch(b, self.cfg, self.device, retrain=self.retrain or stale, check=False)
             return [path], {"sha256": file_sha256(path), "how": how}
 
         return self.stage(f"train.{b}", deps, run, force=self.retrain)
@@ -329,19 +324,13 @@ class Reproduction:
                 "test_images": self.test_images}
 
         def run(old):
-            preds = evaluate(self.cfg, {b: self.branch(b) for b in BRANCHES}, keep_ratios=True)
+            preds = evaluate(self.cfg, {b: self.branch(b) for b in BRANCHES}, keep_ratios=True, check=False)
             preds.extras["maclu_fg"] = np.array(self.branch("maclu").fg)
             self._outputs, self._preds = preds, None
             path = self.state / "outputs.npz"
             arrays = {"files": np.array(preds.files), "label": preds.label, "mask": preds.mask,
                       **preds.scores, **preds.maps, **preds.extras}
-            arrays = {k: arrays[k] for k in (*OUTPUT_KEYS, "maclu_fg")}
-
-            def write(tmp):
-                with open(tmp, "wb") as f:
-                    np.savez(f, **arrays)
-
-            atomic_write(path, write)
+            write_npz(path, {k: arrays[k] for k in (*OUTPUT_KEYS, "maclu_fg")})
             for k in ("m_obj", "m_fused"):  # recomputed from the outputs at the config's tau: free 2 maps per image
                 del preds.maps[k]
             return [path], {}
@@ -382,7 +371,7 @@ class Reproduction:
             rows = []
             for size in self.values[sweep]:
                 point = folder / f"{size}.json"
-                stamp, key = read_stamp(point), digest({**base, "image_size": size})
+                stamp, key = read_json(point), digest({**base, "image_size": size})
                 if stamp is None or stamp.get("key") != key:
                     row = next(sweeps.resolution_points(self.cfg, sweep, [size], branches, fit=self.point_model))
                     write_json(point, {"key": key, "row": row})
@@ -403,8 +392,8 @@ class Reproduction:
         path = self.state / "sweeps" / f"{branch}_resolution" / f"{branch}_{size}.pt"
         fit_stamp = path.with_suffix(".json")
         deps = {"train_images": self.train_images, "weights": weights_identity(point_cfg[branch])}
-        stale = (read_stamp(fit_stamp) or {}).get("deps") != deps
-        model, _ = trained_branch(branch, point_cfg, device, retrain=stale, path=path)
+        stale = (read_json(fit_stamp) or {}).get("deps") != deps
+        model, _ = trained_branch(branch, point_cfg, device, retrain=stale, path=path, check=False)
         write_json(fit_stamp, {"deps": deps})
         return model
 
@@ -479,13 +468,6 @@ def diff(v: float, paper: float) -> str:
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def link(path, base: Path) -> str:

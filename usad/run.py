@@ -55,9 +55,10 @@ def saved_payload(branch: str, cfg, path: Path) -> tuple[dict | None, str]:
         return None, str(e)
 
 
-def trained_branch(branch: str, cfg, device, retrain: bool = False, path: Path | None = None):
+def trained_branch(branch: str, cfg, device, retrain: bool = False, path: Path | None = None, check: bool = True):
     """The fitted branch: loaded from ``path`` (default: its model file) when that is valid for this
-    config and ``retrain`` is off, else fitted and saved there. Returns (branch object, "loaded" | "trained")."""
+    config and ``retrain`` is off, else fitted and saved there (``check``: see ``fit_branch``). Returns
+    (branch object, "loaded" | "trained")."""
     path = Path(path or model_path(cfg, branch))
     payload, why = (None, "--retrain") if retrain else saved_payload(branch, cfg, path)
     if payload is not None:
@@ -65,7 +66,7 @@ def trained_branch(branch: str, cfg, device, retrain: bool = False, path: Path |
         return build_branch(branch, cfg, device).load(path, payload), "loaded"
     if path.exists() and not retrain:
         log.warning("%s: retraining, the existing model file is not usable: %s", branch, why)
-    model = fit_branch(branch, cfg, device)
+    model = fit_branch(branch, cfg, device, check=check)
     model.save(path)
     log.info("%s: saved %s", branch, path)
     return model, "trained"
@@ -82,13 +83,14 @@ def check_inputs(cfg) -> None:
     check_writable(Path(cfg.paths.results), "paths.results")
 
 
-def train_all(cfg, retrain: bool = False) -> dict:
-    """The three fitted branches, each backbone built once (loaded where a valid model file exists)."""
+def train_all(cfg, retrain: bool = False, check: bool = True) -> dict:
+    """The three fitted branches, each backbone built once (loaded where a valid model file exists;
+    ``check`` off: the caller ran ``check_inputs``)."""
     device = resolve_device(cfg.device)
     branches = {}
     for branch in BRANCHES:
         with step(f"train {branch}"):
-            branches[branch], _ = trained_branch(branch, cfg, device, retrain)
+            branches[branch], _ = trained_branch(branch, cfg, device, retrain, check=check)
     return branches
 
 
@@ -101,9 +103,9 @@ def main(argv=None) -> dict:
     cfg = config_from_args(args)
     with step("checks"):
         check_inputs(cfg)
-    branches = train_all(cfg, args.retrain)
+    branches = train_all(cfg, args.retrain, check=False)  # the dataset was checked once, above
     with step("evaluate"):
-        preds = evaluate(cfg, branches)
+        preds = evaluate(cfg, branches, check=False)
     with step("report"):
         result = report_predictions(cfg, preds, save_predictions=args.save_predictions, heatmaps=args.heatmaps,
                                     panels=args.panels, ablation=args.ablation)

@@ -164,10 +164,10 @@ def resolution_points(cfg, sweep: str, values, branches: dict, fit=fit_branch) -
     device = resolve_device(cfg.device)
     score_key, map_key = ("s_obj", "m_obj") if branch == "maclu" else ("s_attr", "m_attr")
     mdev = metric_device(cfg)
-    for size in values:
+    for i, size in enumerate(values):
         point_cfg = with_overrides(cfg, f"{branch}.image_size={int(size)}")
         model = fit(branch, point_cfg, device)
-        preds = evaluate(point_cfg, {**branches, branch: model})
+        preds = evaluate(point_cfg, {**branches, branch: model}, check=i == 0)  # the same test split at every point
         row = {"image_size": int(size), "throughput_img_s": backbone_throughput(model, point_cfg, device),
                **metrics.compute_all(preds.label, preds.scores["s_fused"], preds.mask, preds.maps["m_fused"], device=mdev),
                "branch_image_auroc": metrics.image_auroc(preds.label, preds.scores[score_key]),
