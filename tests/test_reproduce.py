@@ -189,3 +189,17 @@ def test_bad_skip_name_is_a_usage_error(capsys):
         reproduce.main(["--skip", "sweeps,tables"])
     assert e.value.code == 2
     assert "cannot skip 'tables'" in capsys.readouterr().err
+
+
+def test_a_damaged_stamp_reruns_its_stage(runs):
+    """A stamp that is not a JSON object, or lacks a field, counts as no stamp: that stage reruns, the others not.
+    (Last in this module: it reruns the sequence's final config D once more.)"""
+    cfg, tmp = runs["cfg"], runs["tmp"]
+    stages = Path(cfg.paths.results) / cfg.data.category / "reproduce" / "stages"
+    (stages / "table1.json").write_text("[1]")
+    panels = json.loads((stages / "panels.json").read_text())
+    del panels["seconds"]
+    (stages / "panels.json").write_text(json.dumps(panels))
+    sets = ["--set", "maclu.tau=1.2", "--set", "maclu.kmeans_seed=7"]  # run D's config: everything else is up to date
+    run = reproduce.main(config_argv(cfg, tmp) + OPTIONS + sets)
+    assert {s for s, v in statuses(run).items() if v == "ran"} == {"table1", "panels", "report"}

@@ -249,7 +249,8 @@ class Reproduction:
         """Run ``run(old_stamp) -> [written paths]`` unless the stamp says it is done; returns the stamp."""
         path = self.state / "stages" / f"{name}.json"
         old = read_json(path)
-        done = old is not None and old.get("key") == digest(deps) and outputs_intact(old)
+        done = (old is not None and old.get("key") == digest(deps) and isinstance(old.get("seconds"), (int, float))
+                and outputs_intact(old))  # a stamp edited by hand or damaged counts as none: the stage reruns
         if name in self.skip:
             self.records[name] = {"status": "up to date" if done else "skipped (--skip)", "stamp": old if done else None}
             log.info("stage %-26s skipped (--skip)", name)

@@ -157,8 +157,11 @@ class Outputs:
             self.writer.release()
         for tmp, final in ((self.tmp_jsonl, self.jsonl), (self.tmp_mp4, self.mp4)):
             if keep and tmp.is_file():
-                os.chmod(tmp, default_file_mode())
-                os.replace(tmp, final)
+                try:
+                    os.chmod(tmp, default_file_mode())
+                    os.replace(tmp, final)
+                except OSError as e:
+                    raise WriteError(f"cannot write {final}: {e.strerror or e}; choose another --out") from None
             else:
                 tmp.unlink(missing_ok=True)
 
