@@ -36,7 +36,7 @@ import numpy as np
 
 from .artifacts import check_writable, file_sha256
 from .config import add_config_args, config_from_args
-from .data.dataset import NORMAL_KIND, DatasetError, holdout_split, load_rgb, train_samples
+from .data.dataset import NORMAL_KIND, holdout_split, train_samples
 from .decisions import (allowed_false_alarms, model_hashes, operating_point_path, required_images, score_config,
                         threshold_at_rate, write_operating_point)
 from .detector import Detector
@@ -159,21 +159,12 @@ def score_images(detector: Detector, files: list[Path]) -> tuple[list[Path], np.
     """Fused scores and per-image maxima of the fused maps (evaluation size), in batches; unreadable files are
     reported and skipped. Returns (files scored, scores, map maxima)."""
     done, scores, maxima = [], [], []
-    bs = detector.cfg.data.batch_size
-    for start in range(0, len(files), bs):
-        batch = []
-        for f in files[start:start + bs]:
-            try:
-                batch.append((f, load_rgb(f)))
-            except DatasetError as e:
-                log.error("%s (skipped)", e)
-        if not batch:
-            continue
-        for (f, _), r in zip(batch, detector.predict_rgb([im for _, im in batch], [str(f) for f, _ in batch])):
-            done.append(f)
-            scores.append(r.score)
-            maxima.append(float(r.maps["m_fused"].max()))
-        log.info("scored %d of %d calibration images", start + len(batch), len(files))
+    for i, _, r in detector.predict_files(files, lambda i, e: log.error("%s (skipped)", e)):
+        done.append(files[i])
+        scores.append(r.score)
+        maxima.append(float(r.maps["m_fused"].max()))
+        if (i + 1) % detector.cfg.data.batch_size == 0 or i + 1 == len(files):
+            log.info("scored %d of %d calibration images", i + 1, len(files))
     return done, np.array(scores, np.float64), np.array(maxima, np.float64)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -129,6 +130,22 @@ class Detector:
                     source=name, original_size=im.size, score=float(scores["s_fused"][j]), s_obj=float(scores["s_obj"][j]),
                     s_attr=float(scores["s_attr"][j]), s_pc=float(scores["s_pc"][j]), maps={k: maps[k][j] for k in MAP_KEYS}))
                 for j, (im, name) in enumerate(zip(images, names))]
+
+    def predict_files(self, files: list[Path], skipped: Callable[[int, DatasetError], None]
+                      ) -> Iterator[tuple[int, Image.Image, DetectionResult]]:
+        """``(index, image, result)`` for the image files, read and detected one batch of ``data.batch_size``
+        at a time; an unreadable file is passed to ``skipped(index, error)`` and left out."""
+        bs = self.cfg.data.batch_size
+        for start in range(0, len(files), bs):
+            batch = []
+            for i in range(start, min(start + bs, len(files))):
+                try:
+                    batch.append((i, load_rgb(files[i])))
+                except DatasetError as e:
+                    skipped(i, e)
+            if batch:
+                results = self.predict_rgb([image for _, image in batch], [str(files[i]) for i, _ in batch])
+                yield from ((i, image, r) for (i, image), r in zip(batch, results))
 
     def predict(self, images) -> list[DetectionResult]:
         """Detect anomalies in a list of images (paths, PIL images, uint8 arrays), one result per image.

@@ -96,8 +96,8 @@ def build_branch(branch: str, cfg, device: torch.device):
 
 def fit_branch(branch: str, cfg, device: torch.device | None = None, check: bool = True):
     """Fit one branch on the normal training images (checked first, unless ``check`` is off because the caller
-    already ran the same ``check_dataset``, e.g. ``usad.run.check_inputs``); returns the fitted branch."""
-    seed_everything(cfg.seed)
+    already ran the same ``check_dataset``, e.g. ``usad.run.check_inputs``); returns the fitted branch.
+    Seeded by ``build_branch``, before the backbone and everything after it."""
     device = device or resolve_device(cfg.device)
     check_backbone(cfg[branch], branch)  # name, model_kwargs, image size: before any download
     root = category_dir(cfg)

@@ -47,7 +47,7 @@ from PIL import Image
 
 from .artifacts import atomic_write
 from .config import add_config_args, config_from_args
-from .data.dataset import IMAGE_EXTENSIONS, DatasetError, is_image_file, list_images, load_rgb
+from .data.dataset import IMAGE_EXTENSIONS, DatasetError, is_image_file, list_images
 from .decisions import overlay_with_boxes, write_mask_png
 from .detector import Detector
 from .figures import maps_panel
@@ -125,27 +125,20 @@ def predict_files(detector: Detector, files: list[Path], out: Path) -> list[dict
     out.mkdir(parents=True, exist_ok=True)
     rows = [dict(dict.fromkeys(FIELDS, ""), file=str(f)) for f in files]
     stems = unique_stems(files)
-    bs = detector.cfg.data.batch_size
-    for start in range(0, len(files), bs):
-        batch = []
-        for i in range(start, min(start + bs, len(files))):
-            try:
-                batch.append((i, load_rgb(files[i])))
-            except DatasetError as e:
-                rows[i]["status"] = f"error: {e}"
-                log.error("%s", e)
-        if not batch:
-            continue
-        results = detector.predict_rgb([image for _, image in batch], [str(files[i]) for i, _ in batch])
-        for (i, image), r in zip(batch, results):
-            rows[i].update(status="ok", score=r.score, s_obj=r.s_obj, s_attr=r.s_attr, s_pc=r.s_pc,
-                           verdict=r.verdict or "", boxes="" if r.boxes is None else r.boxes)
-            write_png(out / f"{stems[i]}_overlay.png", overlay_with_boxes(np.asarray(image), r.anomaly_map(), r.boxes or []))
-            if r.mask is not None:
-                write_mask_png(out / f"{stems[i]}_mask.png", r.mask)
-            size = r.maps["m_fused"].shape[-1]  # the input as the detector saw it: stretched to the eval size
-            write_png(out / f"{stems[i]}_maps.png", maps_panel(np.asarray(image.resize((size, size), Image.BICUBIC)), r.maps))
-            write_npz(out / f"{stems[i]}_maps.npz", r.maps)
+
+    def skipped(i: int, error: DatasetError) -> None:
+        rows[i]["status"] = f"error: {error}"
+        log.error("%s", error)
+
+    for i, image, r in detector.predict_files(files, skipped):
+        rows[i].update(status="ok", score=r.score, s_obj=r.s_obj, s_attr=r.s_attr, s_pc=r.s_pc,
+                       verdict=r.verdict or "", boxes="" if r.boxes is None else r.boxes)
+        write_png(out / f"{stems[i]}_overlay.png", overlay_with_boxes(np.asarray(image), r.anomaly_map(), r.boxes or []))
+        if r.mask is not None:
+            write_mask_png(out / f"{stems[i]}_mask.png", r.mask)
+        size = r.maps["m_fused"].shape[-1]  # the input as the detector saw it: stretched to the eval size
+        write_png(out / f"{stems[i]}_maps.png", maps_panel(np.asarray(image.resize((size, size), Image.BICUBIC)), r.maps))
+        write_npz(out / f"{stems[i]}_maps.npz", r.maps)
     write_table(out, rows)
     return rows
 

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from . import metrics
@@ -42,8 +41,7 @@ from .backbones import check_patch_multiple, resolve_device
 from .config import add_config_args, config_from_args, with_overrides
 from .data.dataset import TestDataset, make_loader
 from .errors import UsadError
-from .evaluation import maclu_maps
-from .fusion import fuse
+from .evaluation import with_tau
 from .ops import resize_images
 from .pipeline import category_dir, evaluate, fit_branch, load_branches, metric_device, results_dir, run_cli
 
@@ -104,26 +102,18 @@ def check_values(sweep: str, values, patch: int | None, backbone: str = "") -> l
 
 
 # ------------------------------------------------------------------ points
-def fused_metrics(label, mask, s_obj, s_pc, m_obj, m_attr, m_pc, fusion_cfg, device=None, chunk: int = 16) -> dict:
-    """Fuse stored branch outputs (maps at the evaluation size) and score the result (fusion and pixel metrics
-    on ``device``, default the host)."""
-    s_fused = np.empty(len(label), np.float32)
-    m_fused = np.empty_like(m_attr)
-    for a in range(0, len(label), chunk):
-        b = slice(a, a + chunk)
-        t = lambda x: torch.from_numpy(np.ascontiguousarray(x[b])).to(device or "cpu")
-        s, m, _ = fuse(t(s_obj), t(s_pc), t(m_obj), t(m_attr), t(m_pc), fusion_cfg)
-        s_fused[b], m_fused[b] = s.cpu().numpy(), m.cpu().numpy()
-    return metrics.compute_all(label, s_fused, mask, m_fused, device=device)
+def fused_metrics(preds, fg: int, cfg, tau: float) -> dict:
+    """Table 1's metrics of the fusion redone for ``tau`` from an evaluation's stored MACLU ratios
+    (``evaluation.with_tau``: Eq. 7-8, then Eq. 21-23; no backbone runs)."""
+    p = with_tau(preds, fg, cfg, tau)
+    return metrics.compute_all(p.label, p.scores["s_fused"], p.mask, p.maps["m_fused"], device=metric_device(cfg))
 
 
 def tau_points(cfg, values, preds, fg: int) -> Iterator[dict]:
     """Fig. 12: every tau from the MACLU ratios stored by one pass through the backbones
     (``evaluate(..., keep_ratios=True)``; ``fg``: MACLU's foreground cluster)."""
     for tau in values:
-        row = {"tau": tau, **fused_metrics(preds.label, preds.mask, preds.scores["s_obj"], preds.scores["s_pc"],
-                                           maclu_maps(preds, fg, cfg, tau), preds.maps["m_attr"], preds.maps["m_pc"],
-                                           cfg.fusion, metric_device(cfg))}
+        row = {"tau": tau, **fused_metrics(preds, fg, cfg, tau)}
         log.info("tau=%.3f: %s", tau, {k: round(v, 4) for k, v in row.items() if k != "tau"})
         yield row
 
