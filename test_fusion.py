@@ -14,9 +14,9 @@ outputs: no backbone runs again.
 import argparse
 import sys
 
-from usad.config import add_config_args, config_from_args
-from usad.evaluation import add_evaluation_args, evaluate_and_report, image_count, pick_images  # noqa: F401 (re-exported)
-from usad.pipeline import run_cli
+from usad.core.config import add_config_args, config_from_args
+from usad.experiments.evaluation import add_evaluation_args, evaluate_and_report, image_count, pick_images  # noqa: F401 (re-exported)
+from usad.core.cli import run_cli
 
 
 def main(argv=None):

@@ -7,7 +7,8 @@ Writes <paths.models>/<data.category>/ma2patch.pt.
 
 import sys
 
-from usad.pipeline import run_cli, train_main
+from usad.core.cli import run_cli
+from usad.models.usad.branches import train_main
 
 main = train_main("ma2patch", __doc__)
 

@@ -7,7 +7,8 @@ Writes <paths.models>/<data.category>/maclu.pt.
 
 import sys
 
-from usad.pipeline import run_cli, train_main
+from usad.core.cli import run_cli
+from usad.models.usad.branches import train_main
 
 main = train_main("maclu", __doc__)
 

@@ -23,7 +23,7 @@ and peak GPU memory (torch.cuda.max_memory_allocated).
                      (PatchCore: its half) and the test images, at the batch size;
            usad_run  `python -m usad.run` (three trainings + evaluation), per precision;
            scripts   the four scripts, fp32.
-           Ratios: usad.run / floor, four scripts / usad.run, and the scripts'
+           Ratios: usad.experiments.run / floor, four scripts / usad.experiments.run, and the scripts'
            own overheads (three training scripts / (3 start-ups + builds +
            train forwards); test_fusion.py / (1 start-up + builds + test forwards)).
            ``--parts`` picks among floor,usad_run,scripts; ``--repeat`` runs
@@ -208,14 +208,14 @@ def child_floor(overrides: list[str]) -> dict:
     over the train and test images at the batch size: what no pipeline can go below."""
     t0 = time.perf_counter()
     import timm, torch, torchvision  # noqa: F401,E401  the libraries every script loads
-    import usad.pipeline  # noqa: F401
+    import usad.models.usad.branches  # noqa: F401
     result = {"import_s": time.perf_counter() - t0, "cuda_init_s": 0.0, "build_s": 0.0,
               "train_forward_s": 0.0, "test_forward_s": 0.0}
 
-    from usad.backbones import resolve_device
-    from usad.config import load_config
-    from usad.patchcore import training_subset
-    from usad.pipeline import build_branch
+    from usad.core.backbones import resolve_device
+    from usad.core.config import load_config
+    from usad.models.usad.patchcore import training_subset
+    from usad.models.usad.branches import build_branch
 
     cfg = load_config(None, overrides)
     device = resolve_device(cfg.device)
@@ -254,8 +254,8 @@ def child_golden_compare(preds_path: str, baseline_path: str) -> dict:
     import numpy as np
     import torch
 
-    from usad import metrics
-    from usad.fusion import to_eval_size
+    from usad.core import metrics
+    from usad.models.usad.fusion import to_eval_size
 
     ref, ours = np.load(GOLDEN / "reference.npz"), np.load(preds_path)
 
@@ -290,7 +290,7 @@ def child_coreset(n: int, d: int, picks: int, naive: bool, device: str) -> dict:
     import numpy as np
     import torch
 
-    from usad.sampler import greedy_coreset, greedy_coreset_naive, random_projection
+    from usad.core.sampler import greedy_coreset, greedy_coreset_naive, random_projection
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(64, d)).astype(np.float32)
@@ -323,7 +323,7 @@ def child_coreset(n: int, d: int, picks: int, naive: bool, device: str) -> dict:
 def child_metrics(n_maps: int, size: int) -> dict:
     import numpy as np
 
-    from usad import metrics
+    from usad.core import metrics
 
     rng = np.random.default_rng(0)
     labels = (np.arange(n_maps) % 2 == 0).astype(np.int64)  # about half anomalous, like CoalAD (943 / 1754)
@@ -358,7 +358,7 @@ def make_shard(job: tuple) -> None:
     """One shard of a set, generated with its own seed into its own folder (a process-pool job)."""
     import cv2
 
-    from usad.data.synthetic import KINDS, make_synthetic_coalad
+    from usad.core.data.synthetic import KINDS, make_synthetic_coalad
 
     cv2.setNumThreads(1)
     folder, k, n_train, n_good, n_anomalous, px = job
@@ -427,7 +427,7 @@ def usad_run(tag: str, root: Path, ctx, backbones: str, precision: str = "fp32",
     """`python -m usad.run` on fresh folders (trains, then evaluates); with ``again``, a second time on the
     same folders (the models are there: evaluation only)."""
     out = fresh(ctx.work / "runs" / tag)
-    argv = ["-m", "usad.run", *set_args(pipeline_overrides(root, out, ctx, backbones, precision))]
+    argv = ["-m", "usad.experiments.run", *set_args(pipeline_overrides(root, out, ctx, backbones, precision))]
     res = {**measure(tag, argv, ctx.logs), "steps": logged_steps(ctx.logs / f"{tag}.log")}
     if again:
         res["evaluate_only"] = {**measure(f"{tag}-again", argv, ctx.logs),
@@ -436,7 +436,7 @@ def usad_run(tag: str, root: Path, ctx, backbones: str, precision: str = "fp32",
 
 
 def logged_steps(log: Path) -> dict:
-    """usad.run's own step times from its log ("step train maclu: 12.3 s", "usad.run done in 45.6 s")."""
+    """usad.experiments.run's own step times from its log ("step train maclu: 12.3 s", "usad.experiments.run done in 45.6 s")."""
     text = log.read_text(errors="replace")
     steps = {name: float(v) for name, v in re.findall(r"step (.+?): ([0-9.]+) s", text)}
     done = re.findall(r"usad\.run done in ([0-9.]+) s", text)
@@ -516,7 +516,7 @@ def authors_times(data: Path, ctx, backbones: str) -> dict:
 
 
 def section_golden(ctx) -> dict:
-    """usad.run on the golden fixture per device and precision (``golden_agreement``), then the golden tests
+    """usad.experiments.run on the golden fixture per device and precision (``golden_agreement``), then the golden tests
     on the measured device with USAD_TEST_DEVICE (CI runs them on the CPU)."""
     devices = ["cpu"] + ([ctx.device] if ctx.device != "cpu" else [])
     res = {}
@@ -550,13 +550,13 @@ def fixture_startups(ctx, device: str) -> dict:
                 scripts.append(sum(measure(f"{tag}-{key}", [script, *config, *o], ctx.logs)["wall_s"]
                                    for key, script in SCRIPTS.items()))
             else:
-                runs.append(measure(tag, ["-m", "usad.run", *config, *o], ctx.logs)["wall_s"])
+                runs.append(measure(tag, ["-m", "usad.experiments.run", *config, *o], ctx.logs)["wall_s"])
     return {"device": device, "scripts_s": min(scripts), "usad_run_s": min(runs),
             "usad_run_over_scripts": min(runs) / min(scripts)}
 
 
 def golden_agreement(ctx, devices: list[str]) -> dict:
-    """usad.run on the shared golden fixture per device and precision, against the authors' reference and
+    """usad.experiments.run on the shared golden fixture per device and precision, against the authors' reference and
     against the first run (CPU, first precision)."""
     overrides = [f"data.root={GOLDEN}", "data.category=data"] + [
         f"{b}.weights={GOLDEN / 'weights' / w}" for b, w in
@@ -570,7 +570,7 @@ def golden_agreement(ctx, devices: list[str]) -> dict:
             o += [f"precision={p}"] if p != "fp32" else []
             preds = out / "predictions.npz"
             try:
-                run = measure(tag, ["-m", "usad.run", "--config", str(REPO / "tests" / "golden.yaml"), *set_args(o),
+                run = measure(tag, ["-m", "usad.experiments.run", "--config", str(REPO / "tests" / "golden.yaml"), *set_args(o),
                                     "--save-predictions", str(preds)], ctx.logs)
                 res[f"{device}/{p}"] = {**run, **child("golden_compare", str(preds), baseline)}
             except RuntimeError as e:  # one device or precision failing keeps the others' figures
@@ -598,7 +598,7 @@ def section_coreset(ctx) -> dict:
 
 # ------------------------------------------------------------------------------- ratios
 def usad_run_training_s(u: dict) -> float:
-    """The training share of a usad.run that trained and evaluated: its wall time less its own logged
+    """The training share of a usad.experiments.run that trained and evaluated: its wall time less its own logged
     evaluate and report steps (start-up, checks and the three trainings)."""
     return u["wall_s"] - u["steps"]["evaluate"] - u["steps"].get("report", 0.0)
 
@@ -665,21 +665,21 @@ def table(res: dict) -> str:
         rows.append(("GPU / torch / date", f"{res['env']['gpu']} / {res['env']['torch']} / {res['date']}", ""))
     for key, g in res.get("golden", {}).items():
         if key == "agreement_skipped":
-            rows.append(("golden usad.run agreement", "skipped: " + g[:90], ""))
+            rows.append(("golden usad.experiments.run agreement", "skipped: " + g[:90], ""))
             continue
         if key == "startups":
-            rows.append((f"fixture (tests/golden), {g['device']}: usad.run / four scripts",
+            rows.append((f"fixture (tests/golden), {g['device']}: usad.experiments.run / four scripts",
                          f"{fmt_s(g['usad_run_s'])} / {fmt_s(g['scripts_s'])} = {g['usad_run_over_scripts']:.2f}", "<= 0.75"))
             continue
         if key.startswith("pytest_"):
             rows.append((f"golden tests, device={key[7:]}", f"exit {g['rc']}: {g['summary']}", "pass"))
             continue
         if "error" in g:
-            rows.append((f"golden usad.run {key}", "FAILED: " + short(g["error"]), ""))
+            rows.append((f"golden usad.experiments.run {key}", "FAILED: " + short(g["error"]), ""))
             continue
         diff = (f"; max |diff| to CPU fp32 {max(g['max_abs_diff_to_baseline'].values()):.2g}"
                 if "max_abs_diff_to_baseline" in g else "")
-        rows.append((f"golden usad.run {key}: worst Pearson / metric delta",
+        rows.append((f"golden usad.experiments.run {key}: worst Pearson / metric delta",
                      f"{g['worst_pearson']:.5f} / {g['worst_metric_delta']:.5f}{diff}", ">= 0.999 / <= 0.005"))
     run = res.get("run", {})
     if run:
@@ -696,19 +696,19 @@ def table(res: dict) -> str:
             rows.append((f"  python -m usad.run {p}", f"{fmt_s(part['usad_run']['wall_s'])}, {mem(part['usad_run'])}",
                          "<= 60 s (full, GPU); GPU <= 20 GB, RSS <= 16 GB"))
         if "usad_run_over_floor" in part:
-            rows.append((f"  usad.run / floor {p}", f"{part['usad_run_over_floor']:.2f}", "<= 1.5"))
+            rows.append((f"  usad.experiments.run / floor {p}", f"{part['usad_run_over_floor']:.2f}", "<= 1.5"))
     if "scripts" in run:
         s = run["scripts"]
         walls = ", ".join(f"{s[k]['wall_s']:.1f}" for k in SCRIPTS)
         rows.append(("  four scripts (train x3 + test_fusion.py)",
                      f"{fmt_s(s['total_s'])} ({walls}); worst {mem(worst([s[k] for k in SCRIPTS]))}",
                      "<= 100 s (full, GPU)"))
-    for key, label, target in (("scripts_over_usad_run", "four scripts / usad.run", ""),
+    for key, label, target in (("scripts_over_usad_run", "four scripts / usad.experiments.run", ""),
                                ("scripts_train_overhead", "training scripts / (3 start-ups + builds + train fwd)", "<= 1.2 (CPU)"),
                                ("scripts_eval_overhead", "test_fusion.py / (start-up + builds + test fwd)", "<= 1.1 (CPU)"),
                                ("scripts_eval_images_per_s", "test_fusion.py images/s", ""),
                                ("bf16_speedup_floor", "floor fp32 / bf16", ""),
-                               ("bf16_speedup_usad_run", "usad.run fp32 / bf16", "")):
+                               ("bf16_speedup_usad_run", "usad.experiments.run fp32 / bf16", "")):
         if key in run:
             rows.append((f"  {label}", f"{run[key]:.2f}", target))
     tenth = res.get("tenth", {})
@@ -724,7 +724,7 @@ def table(res: dict) -> str:
         if "usad_run" in tenth:
             u = tenth["usad_run"]
             train = f" (training share {fmt_s(usad_run_training_s(u))})" if "evaluate" in u.get("steps", {}) else ""
-            rows.append(("  usad.run: all / evaluation alone (models there)",
+            rows.append(("  usad.experiments.run: all / evaluation alone (models there)",
                          f"{fmt_s(u['wall_s'])}{train} / {fmt_s(u['evaluate_only']['wall_s'])}", ""))
         if "scripts_vs_authors" in tenth:
             v = tenth["scripts_vs_authors"]
@@ -733,7 +733,7 @@ def table(res: dict) -> str:
         if "usad_run_vs_authors" in tenth:
             v = tenth["usad_run_vs_authors"]
             train = f"x{v['train_speedup']:.2f}" if "train_speedup" in v else "-"
-            rows.append(("  speed-up, usad.run vs authors: all / training / evaluation",
+            rows.append(("  speed-up, usad.experiments.run vs authors: all / training / evaluation",
                          f"x{v['total_speedup']:.2f} / {train} / x{v['eval_speedup']:.2f}",
                          "train >= 3 (CPU, GPU); eval >= 5 (GPU)"))
     for scale, c in res.get("coreset", {}).items():
@@ -754,7 +754,7 @@ def table(res: dict) -> str:
 
 
 def write_results(path: Path, res: dict) -> None:
-    from usad.report import write_json  # atomic: a benchmark killed mid-write keeps the previous file
+    from usad.core.outputs import write_json  # atomic: a benchmark killed mid-write keeps the previous file
 
     write_json(path, res)
 

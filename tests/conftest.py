@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from usad.config import load_config
+from usad.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("USAD_GOLDEN", REPO.parent / "shared" / "golden"))  # the shared fixture

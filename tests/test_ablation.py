@@ -13,9 +13,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import test_fusion
-from usad import metrics
-from usad.ablation import PAPER_TABLE2, PAPER_TABLE3, image_scores
-from usad.config import with_overrides
+from usad.core import metrics
+from usad.experiments.ablation import PAPER_TABLE2, PAPER_TABLE3, image_scores
+from usad.core.config import with_overrides
 
 
 @pytest.fixture(scope="module")

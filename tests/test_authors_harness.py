@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import authors_harness as harness
-from usad.data.synthetic import make_synthetic_coalad
+from usad.core.data.synthetic import make_synthetic_coalad
 
 from conftest import REPO
 

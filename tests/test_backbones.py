@@ -7,9 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from usad.backbones import BackboneWeightsError, ResNetFeatures, ViTFeatures, resolve_device
-from usad.config import ConfigError
-from usad.patchcore import locally_aware_features
+from usad.core.backbones import BackboneWeightsError, ResNetFeatures, ViTFeatures, resolve_device
+from usad.core.config import ConfigError
+from usad.models.usad.patchcore import locally_aware_features
 
 from conftest import TINY_VIT_B, TINY_VIT_S, require_golden
 

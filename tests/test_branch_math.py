@@ -8,12 +8,12 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-from usad.config import load_config
-from usad.fusion import fuse
-from usad.ma2patch import ablated_descriptors, patch_contributions
-from usad.maclu import foreground_bias_ratio, mean_replacement
-from usad.mahalanobis import GaussianAccumulator, mahalanobis
-from usad.patchcore import locally_aware_features, nearest_bank_distance, reweighted_score, training_subset
+from usad.core.config import load_config
+from usad.models.usad.fusion import fuse
+from usad.models.usad.ma2patch import ablated_descriptors, patch_contributions
+from usad.models.usad.maclu import foreground_bias_ratio, mean_replacement
+from usad.core.mahalanobis import GaussianAccumulator, mahalanobis
+from usad.models.usad.patchcore import locally_aware_features, nearest_bank_distance, reweighted_score, training_subset
 
 G = torch.Generator().manual_seed(0)
 

@@ -6,10 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from usad.config import with_overrides
+from usad.core.config import with_overrides
 import torch
 
-from usad.pipeline import evaluate, fit_branch, load_branches
+from usad.models.usad.branches import fit_branch, load_branches
+from usad.models.usad.inference import evaluate
 
 from conftest import require_golden
 from test_sweep import BackboneCalls

@@ -14,15 +14,17 @@ from PIL import Image
 from scipy import ndimage
 
 from usad import Detector
-from usad.artifacts import ArtifactError, save_artifact
-from usad.calibrate import main as calibrate_main
-from usad.config import with_overrides
-from usad.data.dataset import holdout_split, train_samples
-from usad.data.synthetic import make_synthetic_coalad
-from usad.decisions import (BOX_COLOUR, OperatingPointError, format_operating_point, model_hashes,
+from usad.core.artifacts import ArtifactError, save_artifact
+from usad.belt.calibrate import main as calibrate_main
+from usad.core.config import with_overrides
+from usad.core.data.dataset import holdout_split, train_samples
+from usad.core.data.synthetic import make_synthetic_coalad
+from usad.belt.decisions import (BOX_COLOUR, OperatingPointError, format_operating_point, model_hashes,
                             operating_point_path, operating_point_section, score_config, write_operating_point)
-from usad.pipeline import evaluate, load_branches, model_path, run_cli, train_branch
-from usad.predict import main as predict_main
+from usad.core.cli import run_cli
+from usad.models.usad.branches import load_branches, model_path, train_branch
+from usad.models.usad.inference import evaluate
+from usad.belt.predict import main as predict_main
 
 from conftest import config_argv, tiny_config
 from test_decisions import EIGHT, reference_boxes
@@ -48,7 +50,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calibrated(trained):
-    """python -m usad.calibrate --holdout at RATE, and usad.predict with it on the held-out images."""
+    """python -m usad.calibrate --holdout at RATE, and usad.belt.predict with it on the held-out images."""
     assert run_cli(calibrate_main, trained["argv"] + ["--holdout", "--false-alarm-rate", str(RATE)]) == 0
     op = json.loads(operating_point_path(trained["cfg"]).read_text())
     folder = trained["tmp"] / "held_out"

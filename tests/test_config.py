@@ -1,6 +1,6 @@
 import pytest
 
-from usad.config import DEFAULT_CONFIG, ConfigError, load_config, parse_override
+from usad.core.config import DEFAULT_CONFIG, ConfigError, load_config, parse_override
 
 
 def test_defaults_are_the_paper_values():

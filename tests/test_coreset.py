@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.random_projection import SparseRandomProjection
 
-from usad.sampler import (GreedyCoresetSampler, IdentitySampler, SamplerError, greedy_coreset, greedy_coreset_naive,
+from usad.core.sampler import (GreedyCoresetSampler, IdentitySampler, SamplerError, greedy_coreset, greedy_coreset_naive,
                           projection_dim, random_projection)
 
 

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from usad.data import dataset as D
-from usad.data.dataset import IMAGENET_MEAN, IMAGENET_STD, DatasetError, TrainDataset, mask_path_for, train_samples
-from usad.data.synthetic import make_synthetic_coalad
+from usad.core.data import dataset as D
+from usad.core.data.dataset import IMAGENET_MEAN, IMAGENET_STD, DatasetError, TrainDataset, mask_path_for, train_samples
+from usad.core.data.synthetic import make_synthetic_coalad
 
 
 @pytest.fixture(scope="module")

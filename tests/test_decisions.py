@@ -1,4 +1,4 @@
-"""usad.decisions without models: thresholds from normal scores, masks and boxes, metrics at an operating point."""
+"""usad.belt.decisions without models: thresholds from normal scores, masks and boxes, metrics at an operating point."""
 
 import cv2
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import precision_recall_fscore_support
 
-from usad.decisions import (BOX_COLOUR, allowed_false_alarms, draw_boxes, image_decision_metrics, mask_metrics,
+from usad.belt.decisions import (BOX_COLOUR, allowed_false_alarms, draw_boxes, image_decision_metrics, mask_metrics,
                             regions, required_images, threshold_at_rate)
 
 EIGHT = np.ones((3, 3), int)  # 8-connectivity for scipy.ndimage.label

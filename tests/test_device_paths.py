@@ -16,14 +16,14 @@ import torch
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.random_projection import SparseRandomProjection
 
-from usad import metrics
-from usad.artifacts import ArtifactError, load_artifact
-from usad.backbones import ResNetFeatures, ViTFeatures
-from usad.data.dataset import GPU_MAX_WORKERS, GPU_PREFETCH, make_loader
-from usad.kmeans import kmeans
-from usad.maclu import MACLU
-from usad.pipeline import build_branch, expected_fit_config, fit_branch, model_path, train_branch
-from usad.sampler import (SamplerError, _chunk_bounds, dense_projection, fit_projection, greedy_coreset,
+from usad.core import metrics
+from usad.core.artifacts import ArtifactError, load_artifact
+from usad.core.backbones import ResNetFeatures, ViTFeatures
+from usad.core.data.dataset import GPU_MAX_WORKERS, GPU_PREFETCH, make_loader
+from usad.core.kmeans import kmeans
+from usad.models.usad.maclu import MACLU
+from usad.models.usad.branches import build_branch, expected_fit_config, fit_branch, model_path, train_branch
+from usad.core.sampler import (SamplerError, _chunk_bounds, dense_projection, fit_projection, greedy_coreset,
                           greedy_coreset_naive, random_projection, rows_to_update)
 
 from conftest import TINY_VIT_S, golden_config, require_golden

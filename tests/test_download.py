@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from usad.data.coalad import (EXPECTED_COUNTS, MARKER, DatasetUnavailableError, count_images, download_coalad,
+from usad.core.data.coalad import (EXPECTED_COUNTS, MARKER, DatasetUnavailableError, count_images, download_coalad,
                               is_complete)
-from usad.data.dataset import DatasetError
-from usad.data.synthetic import make_synthetic_coalad
+from usad.core.data.dataset import DatasetError
+from usad.core.data.synthetic import make_synthetic_coalad
 
 from conftest import REPO, tree_hashes
 
@@ -89,7 +89,7 @@ def test_offline_download_fails_clearly(tmp_path):
 
 
 def test_failed_download_keeps_folders_that_existed(tmp_path):
-    from usad.data.coalad import missing_folders, remove_if_empty
+    from usad.core.data.coalad import missing_folders, remove_if_empty
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mine.txt").write_text("keep")
@@ -173,7 +173,7 @@ def test_stale_partial_is_never_taken_for_the_dataset_when_unpacking_fails(sourc
 @pytest.mark.parametrize("member", ["../escaped.png", "/abs/escaped.png", "link-out", "device"])
 def test_manual_member_checks_refuse_what_the_data_filter_refuses(source, tmp_path, member):
     """The fallback for Pythons without tarfile's filter="data" refuses the same unsafe members."""
-    from usad.data.coalad import UnsafeMember, checked_members
+    from usad.core.data.coalad import UnsafeMember, checked_members
 
     tar_path, _ = write_tars(source, tmp_path / "tars")
     with tarfile.open(tar_path) as tar:
@@ -257,7 +257,7 @@ def test_hand_made_folder_with_expected_counts_is_marked(tmp_path, caplog):
     made = make_synthetic_coalad(root, n_train=4, n_test_good=2, n_test_anomalous=5, size=48, seed=99)
     before = files(made)
     assert not is_complete(made, SMALL)  # same counts, but no marker yet
-    with caplog.at_level(logging.INFO, logger="usad.data.coalad"):
+    with caplog.at_level(logging.INFO, logger="usad.core.data.coalad"):
         assert download_coalad(root, expected=SMALL) == made  # no tars, no network needed
     assert "marking it complete" in caplog.text
     assert is_complete(made, SMALL) and files(made) == before

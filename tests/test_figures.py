@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 import test_fusion
-import usad.evaluation
+import usad.experiments.evaluation
 from test_fusion import pick_images
-from usad.figures import BAR_HEIGHT, save_panels
-from usad.pipeline import Predictions
+from usad.core.panels import BAR_HEIGHT, save_panels
+from usad.models.usad.inference import Predictions
 
 from conftest import require_golden
 
@@ -121,7 +121,7 @@ def test_pick_images():
 @pytest.mark.parametrize("option", ["--heatmaps", "--panels"])
 @pytest.mark.parametrize("value", ["eight", "-1", "2.5", ""])
 def test_bad_image_counts_fail_at_parse_time(golden_run, monkeypatch, capsys, option, value):
-    monkeypatch.setattr(usad.evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated before the options were checked"))
+    monkeypatch.setattr(usad.experiments.evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated before the options were checked"))
     with pytest.raises(SystemExit) as e:
         test_fusion.main(golden_run["argv"] + [option, value])
     assert e.value.code == 2

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from usad.config import DEFAULT_CONFIG, load_config, parse_override
-from usad.data.checks import check_dataset
-from usad.data import dataset as ds
-from usad.data.synthetic import make_synthetic_coalad
-from usad.errors import UsadError
+from usad.core.config import DEFAULT_CONFIG, load_config, parse_override
+from usad.core.data.checks import check_dataset
+from usad.core.data import dataset as ds
+from usad.core.data.synthetic import make_synthetic_coalad
+from usad.core.errors import UsadError
 
 RNG_SEED = 20261123
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from usad import metrics
-from usad.fusion import to_eval_size
+from usad.core import metrics
+from usad.models.usad.fusion import to_eval_size
 
 from make_golden import dequantise, pearson, pool
 

@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from usad.metrics import au_pro, compute_all, image_auroc, pixel_auroc, pro_auc_usad
+from usad.core.metrics import au_pro, compute_all, image_auroc, pixel_auroc, pro_auc_usad
 
 from conftest import require_golden
 

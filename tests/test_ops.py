@@ -7,7 +7,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torchvision.transforms import Resize
 
-from usad.ops import gaussian_blur, grid_side, minmax_normalize, opencv_gaussian_blur, resize_bilinear, resize_images
+from usad.core.ops import gaussian_blur, grid_side, minmax_normalize, opencv_gaussian_blur, resize_bilinear, resize_images
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from usad.config import with_overrides
-from usad.pipeline import fit_branch
+from usad.core.config import with_overrides
+from usad.models.usad.branches import fit_branch
 
 
 def test_memory_mapped_bank_gives_the_same_model_and_leaves_no_file(golden_run, tmp_path):

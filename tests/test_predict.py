@@ -1,4 +1,4 @@
-"""Detection on your own images (usad.predict, usad.Detector), with the models trained on the golden fixture."""
+"""Detection on your own images (usad.belt.predict, usad.Detector), with the models trained on the golden fixture."""
 
 import csv
 import json
@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from usad import Detector
-from usad.data.dataset import DatasetError
-from usad.pipeline import run_cli
-from usad.figures import BAR_HEIGHT
-from usad.predict import gather, main as predict_main, unique_stems
-from usad.report import overlay
+from usad.core.data.dataset import DatasetError
+from usad.core.cli import run_cli
+from usad.core.panels import BAR_HEIGHT
+from usad.belt.predict import gather, main as predict_main, unique_stems
+from usad.core.outputs import overlay
 
 from conftest import require_golden
 from test_figures import assert_jet
@@ -96,7 +96,7 @@ def test_non_square_image_is_stretched_to_the_square_eval_size(detector):
 
 @pytest.fixture(scope="module")
 def predicted(golden_run, tmp_path_factory):
-    """usad.predict on a folder of mixed-size images, one of them corrupt, in batches of 3."""
+    """usad.belt.predict on a folder of mixed-size images, one of them corrupt, in batches of 3."""
     src = require_golden() / "data" / "test"
     folder = tmp_path_factory.mktemp("belt")
     (folder / "sub").mkdir()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import usad.run
-from usad import reproduce
-from usad.pipeline import BRANCHES, model_path
+import usad.experiments.run
+from usad.experiments import reproduce
+from usad.models.usad.branches import BRANCHES, model_path
 
 from conftest import config_argv, tree_hashes
 from test_run import assert_same_metrics, tiny_setup
@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reproduce")
     cfg = tiny_setup(tmp)
     argv = config_argv(cfg, tmp)
-    direct = lambda *sets: usad.run.main(argv + ["--heatmaps", "0", "--panels", "0", "--ablation",
+    direct = lambda *sets: usad.experiments.run.main(argv + ["--heatmaps", "0", "--panels", "0", "--ablation",
                                                  "--set", f"paths.results={tmp / 'direct'}", *sets])
     record = {"cfg": cfg, "tmp": tmp}
     for name, sets in (("A", []), ("B", []), ("C", ["maclu.tau=1.2"]), ("D", ["maclu.tau=1.2", "maclu.kmeans_seed=7"])):
@@ -68,7 +68,7 @@ def test_first_run_runs_every_stage_but_the_skipped(runs):
 
 
 def test_table1_and_ablation_equal_a_direct_evaluation(runs):
-    """The stored-outputs path (branch outputs on disk, maps re-fused) gives usad.run's numbers."""
+    """The stored-outputs path (branch outputs on disk, maps re-fused) gives usad.experiments.run's numbers."""
     for name in ("A", "C"):
         assert_same_metrics({**runs[name]["metrics"]["metrics"], "ablation": runs[name]["ablation"]}, runs[name]["direct"])
 

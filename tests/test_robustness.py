@@ -17,18 +17,20 @@ import pytest
 import torch
 from PIL import Image
 
-from usad import metrics
-from usad.artifacts import FORMAT, ArtifactError, atomic_write, load_artifact, save_artifact
-from usad.config import ConfigError, load_config, with_overrides
-from usad.data.checks import check_dataset
-from usad.data import dataset as ds
-from usad.data.dataset import DatasetError
-from usad.data.synthetic import make_synthetic_coalad
-from usad.errors import UsadError
-from usad.mahalanobis import GaussianAccumulator, mahalanobis
-from usad.ops import minmax_normalize
-from usad.pipeline import NonFiniteError, build_branch, evaluate, load_branches, model_path, run_cli, train_branch
-from usad.report import write_json
+from usad.core import metrics
+from usad.core.artifacts import FORMAT, ArtifactError, atomic_write, load_artifact, save_artifact
+from usad.core.config import ConfigError, load_config, with_overrides
+from usad.core.data.checks import check_dataset
+from usad.core.data import dataset as ds
+from usad.core.data.dataset import DatasetError
+from usad.core.data.synthetic import make_synthetic_coalad
+from usad.core.errors import UsadError
+from usad.core.mahalanobis import GaussianAccumulator, mahalanobis
+from usad.core.ops import minmax_normalize
+from usad.core.cli import run_cli
+from usad.models.usad.branches import build_branch, load_branches, model_path, train_branch
+from usad.models.usad.inference import NonFiniteError, evaluate
+from usad.core.outputs import write_json
 
 from conftest import REPO, TINY_VIT_B, sha, tiny_config, tree_hashes
 
@@ -424,8 +426,9 @@ def write_half_then_interrupt(seen: list):
 def test_ctrl_c_in_the_middle_of_a_write_keeps_the_previous_file(tmp_path, trained, monkeypatch, caplog, what):
     """Ctrl-C while the library call is half-way through writing: the old file stays, byte for byte, no temp file."""
     import train_ma2patch
-    from usad.pipeline import Predictions
-    from usad.report import save_predictions, write_png
+    from usad.models.usad.inference import Predictions
+    from usad.core.outputs import write_png
+    from usad.experiments.report import save_predictions
 
     seen = []
     cut = write_half_then_interrupt(seen)
@@ -493,7 +496,7 @@ def test_ctrl_c_in_the_middle_of_a_write_keeps_the_previous_file(tmp_path, train
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["umask022", "umask002", "umask077"])
 def test_written_files_get_the_usual_permissions(tmp_path, umask):
     """Not mkstemp's 0600: models and results stay readable to the group on a shared cluster (as the umask says)."""
-    from usad.report import write_png
+    from usad.core.outputs import write_png
 
     old = os.umask(umask)
     try:
@@ -587,7 +590,7 @@ def test_backbone_settings_are_checked_before_the_dataset_download(tmp_path, cap
 
 
 def test_output_that_cannot_be_written_is_a_clean_error(tmp_path):
-    from usad.artifacts import WriteError, save_artifact
+    from usad.core.artifacts import WriteError, save_artifact
 
     blocker = tmp_path / "results"
     blocker.write_text("a file where a folder should be")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import usad.run
-from usad.backbones import ResNetFeatures, ViTFeatures
-from usad.data.synthetic import make_synthetic_coalad
-from usad.pipeline import BRANCHES, model_path
+import usad.experiments.run
+from usad.core.backbones import ResNetFeatures, ViTFeatures
+from usad.core.data.synthetic import make_synthetic_coalad
+from usad.models.usad.branches import BRANCHES, model_path
 
 from conftest import config_argv, golden_argv, tiny_config
 from test_golden import METRIC_TOL, PEARSON_MIN, pearson
@@ -68,7 +68,7 @@ def golden_one_process(golden_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run_golden")
     out = tmp / "predictions.npz"
     with BackboneBuilds() as builds:
-        result = usad.run.main(golden_argv(tmp) + ["--save-predictions", str(out), "--heatmaps", "2", "--ablation"])
+        result = usad.experiments.run.main(golden_argv(tmp) + ["--save-predictions", str(out), "--heatmaps", "2", "--ablation"])
     return {"tmp": tmp, "metrics": result, "ours": np.load(out), "builds": len(builds.built)}
 
 
@@ -107,7 +107,7 @@ def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run_tiny")
     cfg = tiny_setup(tmp)
     argv = config_argv(cfg, tmp) + ["--heatmaps", "0", "--panels", "0"]
-    first = usad.run.main(argv)
+    first = usad.experiments.run.main(argv)
     return {"argv": argv, "cfg": cfg, "metrics": first, "tmp": tmp}
 
 
@@ -118,7 +118,7 @@ def mtimes(cfg) -> dict:
 def test_valid_model_files_are_used_not_retrained(tiny, caplog):
     before = mtimes(tiny["cfg"])
     with BackboneCalls() as calls, caplog.at_level(logging.INFO, logger="usad"):
-        again = usad.run.main(tiny["argv"])
+        again = usad.experiments.run.main(tiny["argv"])
     assert mtimes(tiny["cfg"]) == before
     assert calls.calls == 3  # evaluation only: 3 backbones x 1 test batch (8 images), no training pass
     assert caplog.text.count("not retrained") == 3
@@ -128,7 +128,7 @@ def test_valid_model_files_are_used_not_retrained(tiny, caplog):
 def test_retrain_refits_every_branch(tiny):
     before = mtimes(tiny["cfg"])
     sums = {b: torch.load(model_path(tiny["cfg"], b), weights_only=True)["sha256"] for b in BRANCHES}
-    usad.run.main(tiny["argv"] + ["--retrain"])
+    usad.experiments.run.main(tiny["argv"] + ["--retrain"])
     after = mtimes(tiny["cfg"])
     assert all(after[b] != before[b] for b in BRANCHES)
     assert {b: torch.load(model_path(tiny["cfg"], b), weights_only=True)["sha256"] for b in BRANCHES} == sums
@@ -140,7 +140,7 @@ def test_a_file_fitted_with_another_config_is_retrained_alone(tiny, tmp_path, ca
     argv = tiny["argv"] + ["--set", f"paths.models={models}", "--set", f"paths.results={tmp_path / 'results'}"]
     before = {b: (models / "coal_ad" / f"{b}.pt").stat().st_mtime_ns for b in BRANCHES}
     with caplog.at_level(logging.INFO, logger="usad"):
-        usad.run.main(argv + ["--set", "patchcore.coreset_ratio=0.2"])
+        usad.experiments.run.main(argv + ["--set", "patchcore.coreset_ratio=0.2"])
     after = {b: (models / "coal_ad" / f"{b}.pt").stat().st_mtime_ns for b in BRANCHES}
     assert [b for b in BRANCHES if after[b] != before[b]] == ["patchcore"]
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "retraining" in r.getMessage()]

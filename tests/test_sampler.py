@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.random_projection import SparseRandomProjection, johnson_lindenstrauss_min_dim
 
-from usad.sampler import (
+from usad.core.sampler import (
     GreedyCoresetSampler,
     IdentitySampler,
     SamplerError,
@@ -160,7 +160,7 @@ def test_fallback_exactly_where_sklearn_raises(offset):
 @pytest.mark.parametrize("n_rows", [1, 50])
 def test_fallback_returns_unprojected_float64_with_warning(n_rows, caplog):
     x = gaussian(n_rows, 20, 11).float()
-    with caplog.at_level(logging.WARNING, logger="usad.sampler"):
+    with caplog.at_level(logging.WARNING, logger="usad.core.sampler"):
         z = random_projection(x, eps=0.9, seed=22, chunk_size=16)
     assert z.dtype == torch.float64 and torch.equal(z, x.double())
     assert "unprojected" in caplog.text

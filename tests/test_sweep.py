@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from usad import metrics, sweep
-from usad.backbones import ResNetFeatures, ViTFeatures
-from usad.config import with_overrides
-from usad.pipeline import evaluate, load_branches, run_cli
-from usad.sweep import backbone_throughput, figure, run_sweep
+from usad.core import metrics
+from usad.experiments import sweep
+from usad.core.backbones import ResNetFeatures, ViTFeatures
+from usad.core.config import with_overrides
+from usad.core.cli import run_cli
+from usad.models.usad.branches import load_branches
+from usad.models.usad.inference import evaluate
+from usad.experiments.sweep import backbone_throughput, figure, run_sweep
 
 TAUS = [1.05, 1.14, 1.21, 1.25]
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from usad.data import dataset as ds_mod
-from usad.data.dataset import DatasetError
-from usad.data.synthetic import main, make_synthetic_coalad
+from usad.core.data import dataset as ds_mod
+from usad.core.data.dataset import DatasetError
+from usad.core.data.synthetic import main, make_synthetic_coalad
 
 
 

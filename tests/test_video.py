@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from usad import Detector
-from usad.data.synthetic import make_synthetic_coalad
-from usad.decisions import model_hashes, score_config, write_operating_point
-from usad.pipeline import run_cli, train_branch
-from usad.predict import main as predict_main
+from usad.core.data.synthetic import make_synthetic_coalad
+from usad.belt.decisions import model_hashes, score_config, write_operating_point
+from usad.core.cli import run_cli
+from usad.models.usad.branches import train_branch
+from usad.belt.predict import main as predict_main
 
 from conftest import config_argv, tiny_config
 

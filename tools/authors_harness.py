@@ -69,7 +69,7 @@ _harness, inprocess). Their logs go to ``WORK/_harness/<script>.log`` (the
 
 ``extract`` also forces ``cal_pro=True`` in their fusion evaluation, so that
 the PRO-AUC comes from their own ``compute_pro`` (which needs pandas and
-scikit-image; without them it is computed by ``usad.metrics.pro_auc_usad``
+scikit-image; without them it is computed by ``usad.core.metrics.pro_auc_usad``
 and the sidecar JSON says so).
 
 The commit of their code comes from ``git rev-parse HEAD`` of the clone, else
@@ -530,10 +530,10 @@ def extract(authors: Path, data: Path, work: Path, backbones: str = "golden", we
             "device": device_name(device), "pro_source": str(records["pro_source"])}
     if "metric_pro_auc_official" not in ref:  # their compute_pro needs pandas + scikit-image
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from usad.metrics import pro_auc_usad
+        from usad.core.metrics import pro_auc_usad
 
         ref["metric_pro_auc_official"] = float(pro_auc_usad(ref["mask"], ref["m_fused"], ref["label"]))
-        meta["pro_source"] = "usad.metrics.pro_auc_usad (pandas or scikit-image missing for their compute_pro)"
+        meta["pro_source"] = "usad.core.metrics.pro_auc_usad (pandas or scikit-image missing for their compute_pro)"
     for key in [k for k in ref if k.startswith("metric_")]:
         ref[key] = np.float64(ref[key])
     return {"arrays": ref, "meta": meta}

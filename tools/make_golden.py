@@ -2,7 +2,7 @@
 
     python tools/make_golden.py --authors /path/to/USAD-clone --out tests/golden
 
-1. scenes: ``usad.data.synthetic`` (seeded) in the CoalAD layout under ``OUT/data``;
+1. scenes: ``usad.core.data.synthetic`` (seeded) in the CoalAD layout under ``OUT/data``;
 2. tiny seeded checkpoints under ``OUT/weights`` (``authors_harness.tiny_weights``);
 3. the authors' four scripts run on them through ``tools/authors_harness.py``:
    once with the training ViTs built at the branch size (``--vit-train-size
@@ -117,7 +117,7 @@ def versions() -> dict:
 
 def make_golden(authors: Path, out: Path, n_train: int, n_test_good: int, n_test_anomalous: int, size: int,
                 data_seed: int, weights_seed: int, map_pool: int, work: Path | None = None) -> dict:
-    from usad.data.synthetic import make_synthetic_coalad
+    from usad.core.data.synthetic import make_synthetic_coalad
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ def make_golden(authors: Path, out: Path, n_train: int, n_test_good: int, n_test
                                                          ("n_test_anomalous", n_test_anomalous), ("size", size),
                                                          ("data_seed", data_seed), ("weights_seed", weights_seed),
                                                          ("map_pool", map_pool))),
-        "data": {"generator": "usad.data.synthetic.make_synthetic_coalad", "category": "data", "n_train": n_train,
+        "data": {"generator": "usad.core.data.synthetic.make_synthetic_coalad", "category": "data", "n_train": n_train,
                  "n_test_good": n_test_good, "n_test_anomalous": n_test_anomalous, "size": size, "seed": data_seed},
         "weights": {"seed": weights_seed, "generator": "tools/authors_harness.py tiny_weights",
                     "maclu": {"timm": harness.VIT_S, **harness.TINY_VITS[harness.VIT_S][1]},
