@@ -1,6 +1,9 @@
 """Make the compact golden fixture (tests/golden) from the authors' code.
 
     python tools/make_golden.py --authors /path/to/USAD-clone --out tests/golden
+    python tools/make_golden.py --method csad|npgmf ...   (another method's fixture: tools/golden_<method>.py)
+
+USAD's fixture (the default ``--method usad``):
 
 1. scenes: ``usad.core.data.synthetic`` (seeded) in the CoalAD layout under ``OUT/data``;
 2. tiny seeded checkpoints under ``OUT/weights`` (``authors_harness.tiny_weights``);
@@ -165,7 +168,21 @@ def make_golden(authors: Path, out: Path, n_train: int, n_test_good: int, n_test
     return manifest
 
 
+OTHER_METHODS = ("csad", "npgmf")  # each has tools/golden_<method>.py with its own main(argv)
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--method" in argv:
+        i = argv.index("--method")
+        method = argv[i + 1] if i + 1 < len(argv) else ""
+        del argv[i:i + 2]
+        if method in OTHER_METHODS:
+            import importlib
+            return importlib.import_module(f"golden_{method}").main(argv)
+        if method != "usad":
+            print(f"error: --method must be one of usad, {', '.join(OTHER_METHODS)}; got {method!r}", file=sys.stderr)
+            return 2
     p = argparse.ArgumentParser(prog="python tools/make_golden.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--authors", required=True, type=Path, help="a clone of github.com/xjpp2016/USAD")
     p.add_argument("--out", type=Path, default=REPO / "tests" / "golden")

@@ -3,7 +3,11 @@
 ``configs/coalad.yaml`` is both the paper's defaults and the schema: every
 other config file and every ``--set key=value`` override is merged on top of
 it, and a key it does not know, or a value of the wrong type, is an error
-that names the key.
+that names the key. Each other method of ``usad.compare`` has its defaults in
+``configs/methods/<name>.yaml``, which become the section ``<name>`` of the
+same schema (``--set efficientad.train_steps=100``). There a key whose default
+is null takes a path string, and a key ending in ``_kwargs`` is a free-form
+mapping passed to a library.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from usad.core.errors import UsadError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "coalad.yaml"
+METHOD_CONFIGS = REPO_ROOT / "configs" / "methods"   # <name>.yaml: the defaults of method <name> (usad.compare)
 
 # Keys whose value is a free-form mapping (passed through to a library).
 FREE_FORM = {"maclu.model_kwargs", "ma2patch.model_kwargs"}
@@ -122,9 +127,22 @@ def _is_finite(x: int | float) -> bool:
         return False
 
 
+def _method_section(key: str) -> bool:
+    """Whether ``key`` lies in a section from ``configs/methods/``."""
+    return (METHOD_CONFIGS / f"{key.split('.')[0]}.yaml").is_file()
+
+
+def _free_form(key: str) -> bool:
+    return key in FREE_FORM or (key.endswith("_kwargs") and _method_section(key))
+
+
 def _check_value(key: str, value: Any, default: Any) -> Any:
     """Validate ``value`` against the type of ``default``; returns the value (ints widened to float)."""
-    if key in FREE_FORM:
+    if default is None and key not in NULLABLE and _method_section(key):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"config key {key!r} must be a path string or null, got {value!r}")
+        return value
+    if _free_form(key):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
         for name, arg in value.items():
@@ -181,7 +199,7 @@ def _merge(base: dict, override: dict, prefix: str = "") -> None:
         if key not in base:
             known = ", ".join(sorted(base))
             raise ConfigError(f"unknown config key {full!r} (known keys here: {known})")
-        if isinstance(base[key], dict) and full not in FREE_FORM:
+        if isinstance(base[key], dict) and not _free_form(full):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {full!r} is a section; give a mapping or set {full}.<key>")
             _merge(base[key], value, prefix=f"{full}.")
@@ -210,9 +228,19 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Paper defaults, then the file at ``path`` (if any), then ``KEY=VALUE`` overrides."""
+def default_config() -> dict:
+    """The schema: the paper's defaults, with each method's defaults file as its section."""
     cfg = _read_yaml(DEFAULT_CONFIG)
+    for path in sorted(METHOD_CONFIGS.glob("*.yaml")):
+        if path.stem in cfg:
+            raise ConfigError(f"{path}: section {path.stem!r} is already in {DEFAULT_CONFIG.name}")
+        cfg[path.stem] = _read_yaml(path)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Paper defaults and method defaults, then the file at ``path`` (if any), then ``KEY=VALUE`` overrides."""
+    cfg = default_config()
     if path is not None and Path(path).resolve() != DEFAULT_CONFIG.resolve():
         _merge(cfg, _read_yaml(Path(path)))
     for text in overrides:
