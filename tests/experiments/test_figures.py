@@ -7,7 +7,7 @@ from PIL import Image
 
 import test_fusion
 import usad.experiments.evaluation
-from test_fusion import pick_images
+from usad.experiments.evaluation import pick_images
 from usad.core.panels import BAR_HEIGHT, save_panels
 from usad.models.usad.inference import Predictions
 
