@@ -7,12 +7,12 @@
 # prints the table at the end, and copies the JSON, this log and the runs' logs to $OUT when set.
 # Steps, in order of priority (figures at CoalAD size unless said otherwise):
 #   data           the generated sets: 2,490 / 1,754 and 249 / 175 images, 512 px PNG (one process per core)
-#   golden         usad.experiments.run on the golden fixture: cpu fp32, cuda fp32, cuda bf16 against the authors' reference
-#                  (and cuda against cpu); pytest tests/test_golden.py with USAD_TEST_DEVICE=$DEVICE
+#   golden         usad.run on the golden fixture: cpu fp32, cuda fp32, cuda bf16 against the authors' reference
+#                  (and cuda against cpu); pytest tests/models/usad/test_golden.py with USAD_TEST_DEVICE=$DEVICE
 #   run            the floor (one start-up + the three backbones' forward passes) and python -m usad.run, fp32
-#   tenth          1/10 scale: usad.experiments.run (twice: all, then evaluation alone) and the authors' four scripts
+#   tenth          1/10 scale: usad.run (twice: all, then evaluation alone) and the authors' four scripts
 #   scripts        the four scripts at CoalAD size
-#   bf16           the floor and usad.experiments.run with precision=bf16
+#   bf16           the floor and usad.run with precision=bf16
 #   tenth_scripts  1/10 scale: our four scripts
 # A step starts only if its estimate fits in what is left of USAD_BENCH_BUDGET_S; a step still running at
 # USAD_BENCH_HARD_S is stopped (the figures of the steps before it are kept).

@@ -27,7 +27,7 @@ from usad.models.usad.inference import evaluate
 from usad.belt.predict import main as predict_main
 
 from conftest import config_argv, tiny_config
-from test_decisions import EIGHT, reference_boxes
+from test_decisions import EIGHT, assert_same_boxes, reference_boxes
 
 SMALL = ("maclu.image_size=70", "ma2patch.image_size=84", "patchcore.image_size=64", "data.eval_size=84",
          "patchcore.coreset_ratio=0.1")
@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calibrated(trained):
-    """python -m usad.calibrate --holdout at RATE, and usad.belt.predict with it on the held-out images."""
+    """python -m usad.calibrate --holdout at RATE, and usad.predict with it on the held-out images."""
     assert run_cli(calibrate_main, trained["argv"] + ["--holdout", "--false-alarm-rate", str(RATE)]) == 0
     op = json.loads(operating_point_path(trained["cfg"]).read_text())
     folder = trained["tmp"] / "held_out"
@@ -266,7 +266,7 @@ def test_masks_and_boxes_at_the_image_size(predicted):
         expected = amap > op["pixel_threshold"]
         assert np.mean((mask > 0) != expected) < 1e-3  # float32 round-off at the threshold only
         # the boxes are the mask's connected components, in the image's own pixels
-        assert row["boxes"] == pytest.approx(reference_boxes(mask > 0, amap), rel=1e-5)
+        assert_same_boxes(row["boxes"], reference_boxes(mask > 0, amap))
         assert json.loads(csv_row["boxes"]) == row["boxes"]
         assert row["verdict"] == ("anomalous" if row["score"] > op["image_threshold"] else "normal")
         for b in row["boxes"]:  # drawn on the overlay: the box's top-left corner is the box colour

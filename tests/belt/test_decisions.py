@@ -51,6 +51,20 @@ def reference_boxes(mask, amap, min_area=0):
     return sorted(out, key=lambda b: -b["peak"])
 
 
+BOX_INTS = ("x0", "y0", "x1", "y1", "area")
+
+
+def assert_same_boxes(got: list[dict], expected: list[dict], rel: float = 1e-5) -> None:
+    """Boxes field by field: the integer coordinates and area exactly, ``peak`` to ``rel`` (any pytest version:
+    ``pytest.approx`` refuses nested structures from pytest 9.2 on)."""
+    assert len(got) == len(expected), (got, expected)
+    for g, e in zip(got, expected):
+        assert set(g) == set(e), (g, e)
+        assert {k: g[k] for k in BOX_INTS} == {k: e[k] for k in BOX_INTS}, (g, e)
+        assert all(isinstance(g[k], int) for k in BOX_INTS), g
+        assert g["peak"] == pytest.approx(e["peak"], rel=rel), (g, e)
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("min_area", [0, 1, 12])
 def test_boxes_are_the_connected_components_of_the_mask(seed, min_area):

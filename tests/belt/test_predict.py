@@ -1,4 +1,4 @@
-"""Detection on your own images (usad.belt.predict, usad.Detector), with the models trained on the golden fixture."""
+"""Detection on your own images (usad.predict, usad.Detector), with the models trained on the golden fixture."""
 
 import csv
 import json
@@ -96,7 +96,7 @@ def test_non_square_image_is_stretched_to_the_square_eval_size(detector):
 
 @pytest.fixture(scope="module")
 def predicted(golden_run, tmp_path_factory):
-    """usad.belt.predict on a folder of mixed-size images, one of them corrupt, in batches of 3."""
+    """usad.predict on a folder of mixed-size images, one of them corrupt, in batches of 3."""
     src = require_golden() / "data" / "test"
     folder = tmp_path_factory.mktemp("belt")
     (folder / "sub").mkdir()

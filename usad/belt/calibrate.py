@@ -8,11 +8,11 @@ and writes <paths.models>/<category>/operating_point.json (or --out FILE):
 the image threshold at the false-alarm rate (the (k+1)-th largest normal
 score, k = floor(rate * n): at most k of the n images score above it) and the
 pixel threshold by the same rule on the per-image maxima of the fused maps (at
-most k images get any mask pixel); see usad.belt.decisions. ``usad.belt.predict`` and
+most k images get any mask pixel); see usad.belt.decisions. ``usad.predict`` and
 ``test_fusion.py`` then use it. The file records the SHA-256 of the three
 model files, so it is refused once a branch is retrained: recalibrate.
 
---images: files or folders (scanned recursively, like usad.belt.predict) of
+--images: files or folders (scanned recursively, like usad.predict) of
 normal belt images only. --holdout: the share of train/good that
 ``data.holdout_ratio`` kept out of fitting (train the three branches with the
 same setting first). Both may be given. Refused: anomalous test images of the

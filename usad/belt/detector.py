@@ -153,7 +153,7 @@ class Detector:
 
         A single image is accepted too (the list then has one result). Images are
         read one batch of ``data.batch_size`` at a time; an unreadable one raises
-        ``DatasetError`` naming it (``usad.belt.predict`` skips such files instead).
+        ``DatasetError`` naming it (``usad.predict`` skips such files instead).
         """
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):
             images = [images]

@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--video", metavar="FILE_OR_CAMERA_INDEX", help="a video file, or a camera index (0 = first camera)")
     parser.add_argument("--every", type=count(1), default=1, help="with --video: process every N-th frame (default 1)")
     parser.add_argument("--operating-point", metavar="FILE",
-                        help="operating point from usad.belt.calibrate (default <paths.models>/<category>/operating_point.json "
+                        help="operating point from usad.calibrate (default <paths.models>/<category>/operating_point.json "
                              "when it exists)")
     parser.add_argument("--threshold", type=float,
                         help="image score above which an image is called anomalous (overrides the operating point's)")

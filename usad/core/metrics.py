@@ -15,6 +15,12 @@ binary (0/1 or bool; (n, 1, H, W) is accepted), maps (n, H, W) float.
 Large stacks (1,754 maps of 406 x 406) are processed a chunk of images at a time:
 the pixel scores are copied once (float32; float64 maps stay float64) and sorted, never an index array over
 all pixels.
+
+Why one module of ~600 lines: each metric has a NumPy reference and a device (torch) path that must give the
+same number bit for bit (``tests/test_device_paths.py``); both share the input checks and the curve
+arithmetic (``PositiveCounts``, the Mann-Whitney AUC, the PRO curve, the histogram PRO-AUC), and
+``compute_all`` picks between them. Split in two, the device half would import the private half of the
+other, or a third module would hold the shared arithmetic away from both of its readers.
 """
 
 from __future__ import annotations

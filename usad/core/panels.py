@@ -11,7 +11,7 @@ every panel (a normal image looks dark instead of being stretched to full
 contrast), and the range is printed under each map. The input and ground truth
 are shown at the evaluation size (bicubic), like the maps.
 
-``usad.belt.predict`` draws the same row without ground truth (``maps_panel``) for
+``usad.predict`` draws the same row without ground truth (``maps_panel``) for
 images that have no test set around them: there each map gets its own range
 over that one image, again printed under it.
 """
@@ -73,7 +73,7 @@ def panel(image_rgb: np.ndarray, mask: np.ndarray, maps: dict[str, np.ndarray],
 
 
 def maps_panel(image_rgb: np.ndarray, maps: dict[str, np.ndarray]) -> np.ndarray:
-    """One image without ground truth (``usad.belt.predict``): input | M_obj | M_attr | M_pc | fused, each map
+    """One image without ground truth (``usad.predict``): input | M_obj | M_attr | M_pc | fused, each map
     on its own range ``[min(0, min), max]`` over this image, printed under it (compare ranges across images)."""
     return np.hstack([tile(image_rgb, "input"), *map_tiles(maps, map_ranges(maps))])
 

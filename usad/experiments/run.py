@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     with step("report"):
         result = report_predictions(cfg, preds, save_predictions=args.save_predictions, heatmaps=args.heatmaps,
                                     panels=args.panels, ablation=args.ablation)
-    log.info("usad.experiments.run done in %.1f s", time.perf_counter() - t0)
+    log.info("usad.run done in %.1f s", time.perf_counter() - t0)
     return result
 
 

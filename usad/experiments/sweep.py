@@ -152,7 +152,7 @@ def backbone_throughput(model, cfg, device: torch.device, n_batches: int = THROU
 
 def resolution_points(cfg, sweep: str, values, branches: dict, fit=fit_branch) -> Iterator[dict]:
     """Figs. 10 / 11: refit one ViT branch per resolution, evaluate the fusion, time the branch's backbone.
-    ``fit(branch, point_cfg, device)`` gives the fitted branch of a point (``usad.experiments.reproduce`` reuses saved ones)."""
+    ``fit(branch, point_cfg, device)`` gives the fitted branch of a point (``usad.reproduce`` reuses saved ones)."""
     branch = BRANCH_OF[sweep]
     device = resolve_device(cfg.device)
     score_key, map_key = ("s_obj", "m_obj") if branch == "maclu" else ("s_attr", "m_attr")
