@@ -59,6 +59,7 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness, children, sections, tables (also under runpy)
 from children import (
     child_coreset,
     child_env,

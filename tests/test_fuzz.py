@@ -92,6 +92,7 @@ def test_corrupted_images_are_named_and_agree_with_the_loaders(tmp_path):
 
 # ------------------------------------------------------------------------------------ configs
 DEFAULTS = yaml.safe_load(DEFAULT_CONFIG.read_text())
+DEFAULTS.update({f.stem: yaml.safe_load(f.read_text()) for f in sorted((DEFAULT_CONFIG.parent / "methods").glob("*.yaml"))})
 KEYS = ["seed", "device", "data.root", "data.batch_size", "data.num_workers", "maclu.tau", "maclu.model_kwargs",
         "maclu.weights", "patchcore.coreset_ratio", "fusion", "fusion.lambda_m", "nope", "maclu.tau.x", "", "a..b",
         "cache.dtype", "patchcore.bank_dtype", "data.download"]
@@ -104,7 +105,7 @@ ALPHABET = list("abc.=:{}[]'\"!&*#|>-\n\t\x00é 0123456789%@`,?") + ["maclu.tau=
 def flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and f"{prefix}{k}" not in ("maclu.model_kwargs", "ma2patch.model_kwargs"):
+        if isinstance(v, dict) and not k.endswith("_kwargs"):  # maclu.model_kwargs, a method's *_kwargs: free-form
             out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
