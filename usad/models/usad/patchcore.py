@@ -89,9 +89,9 @@ class PatchCore:
     FIT_KEYS = ("backbone", "pretrained", "weights", "image_size", "train_ratio", "coreset_ratio",
                 "projection_eps", "bank_dtype")
 
-    def __init__(self, cfg, device: torch.device, seed: int):
-        self.cfg, self.device, self.seed = cfg, device, seed
-        self.backbone = ResNetFeatures(cfg.backbone, cfg.pretrained, cfg.weights, key="patchcore").to(device)
+    def __init__(self, cfg, device: torch.device, seed: int, key: str = "patchcore"):
+        self.cfg, self.device, self.seed = cfg, device, seed  # key: the config section, named in weight errors
+        self.backbone = ResNetFeatures(cfg.backbone, cfg.pretrained, cfg.weights, key=key).to(device)
         self.bank = None
         self.train_indices: list[int] = []
 
