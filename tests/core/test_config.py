@@ -124,3 +124,29 @@ def test_bad_device_names_the_key_and_the_choices(device):
         load_config(None, [f"device='{device}'"])
     assert str(err.value) == (f"config key 'device' must be one of auto | cpu | cuda | cuda:N (N = GPU index, "
                               f"e.g. cuda:0), got {device!r}")
+
+
+def test_method_sections_come_from_configs_methods(tmp_path):
+    """Each configs/methods/<name>.yaml is the section <name> of the schema: its keys are settable, unknown
+    ones are errors, and a null default takes a path string or null, also after a config file set a path."""
+    import yaml
+
+    from usad.core.config import METHOD_CONFIGS
+
+    files = sorted(METHOD_CONFIGS.glob("*.yaml"))
+    assert files, "no method defaults in configs/methods"
+    cfg = load_config()
+    for f in files:
+        assert cfg[f.stem].to_dict() == (yaml.safe_load(f.read_text()) or {})
+    name = files[0].stem
+    with pytest.raises(ConfigError, match=f"unknown config key '{name}.no_such_key'"):
+        load_config(None, [f"{name}.no_such_key=1"])
+    path_keys = [(f.stem, k) for f in files for k, v in (yaml.safe_load(f.read_text()) or {}).items() if v is None]
+    assert path_keys, "no null-default (path) key in any method file"
+    sec, key = path_keys[0]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{sec}:\n  {key}: /some/file.pt\n")
+    assert load_config(config)[sec][key] == "/some/file.pt"
+    assert load_config(config, [f"{sec}.{key}=null"])[sec][key] is None
+    with pytest.raises(ConfigError, match="path string or null"):
+        load_config(config, [f"{sec}.{key}=3"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import re
 from pathlib import Path
@@ -136,9 +137,25 @@ def _free_form(key: str) -> bool:
     return key in FREE_FORM or (key.endswith("_kwargs") and _method_section(key))
 
 
+@functools.lru_cache(maxsize=None)
+def _method_defaults(section: str) -> dict:
+    return _read_yaml(METHOD_CONFIGS / f"{section}.yaml")
+
+
+def _method_path_key(key: str) -> bool:
+    """A key of a method section whose default (in its configs/methods file) is null: a path string or null, also
+    after another config file gave it a path."""
+    if not _method_section(key):
+        return False
+    node: Any = _method_defaults(key.split(".")[0])
+    for part in key.split(".")[1:]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node is None
+
+
 def _check_value(key: str, value: Any, default: Any) -> Any:
     """Validate ``value`` against the type of ``default``; returns the value (ints widened to float)."""
-    if default is None and key not in NULLABLE and _method_section(key):
+    if key not in NULLABLE and _method_path_key(key):
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"config key {key!r} must be a path string or null, got {value!r}")
         return value

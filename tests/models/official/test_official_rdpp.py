@@ -1,0 +1,14 @@
+"""RD++ from its official code through tools/official_harness.py: their main.py / inference.py with their networks shrunk (1 block a stage, width 16), 1 epoch.
+
+Fit on the generated training scenes, predict exactly our test files: finite scores and maps of the right
+shapes, our image AUROC on them equal to the one their own code computed on the same run, and the same values
+for the same files when they come in another order.
+"""
+
+
+def test_official_rdpp_scores_exactly_our_files(official, tmp_path):
+    method = official.fitted("rdpp", tmp_path)
+    files = official.files()
+    scores, maps = method.predict(files)
+    official.check_outputs(method, files, scores, maps)
+    official.check_order(method, files, scores, maps)
