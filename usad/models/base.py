@@ -50,6 +50,8 @@ class Method:
     """Base class: subclasses set ``name`` (the registry key and config section) and implement the four steps."""
 
     name: str = ""                 # e.g. "efficientad": configs/methods/efficientad.yaml, cfg.efficientad
+    section_name: str = ""         # its config section when not ``name`` (anomalib's "patchcore" ->
+                                   # "anomalib_patchcore": USAD's own branch holds the section "patchcore")
     paper_name: str = ""           # its row in the paper's Table 1, e.g. "EfficientAD"
     requires: tuple[str, ...] = ()  # importable modules from an optional requirements file, e.g. ("anomalib",)
     requirements_file: str = ""    # where those are pinned, e.g. "requirements-baselines.txt"
@@ -57,7 +59,8 @@ class Method:
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.section = cfg[self.name] if self.name in cfg else None
+        self.key = self.section_name or self.name
+        self.section = cfg[self.key] if self.key in cfg else None
 
     # ---------------------------------------------------------------- the four steps
     def check(self) -> None:
@@ -79,7 +82,7 @@ class Method:
     # ---------------------------------------------------------------- what the harness records
     def fit_config(self) -> dict:
         """The values a fitted state depends on: the method's section and the seed (resume and model files)."""
-        return {"seed": self.cfg.seed, self.name: plain(self.section) if self.section is not None else None}
+        return {"seed": self.cfg.seed, self.key: plain(self.section) if self.section is not None else None}
 
     def weights_files(self) -> dict[str, Path]:
         """Local weights files this run reads, by config key (their SHA-256 goes into table1.json)."""
