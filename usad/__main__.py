@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-COMMANDS = ("run", "reproduce", "sweep", "predict", "calibrate", "demo")
+COMMANDS = ("run", "reproduce", "compare", "sweep", "predict", "calibrate", "demo")
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ from test_run import assert_same_metrics, tiny_setup
 from test_sweep import BackboneCalls
 
 OPTIONS = ["--values", "tau=1.1,1.14,1.2", "--values", "maclu_resolution=42", "--skip", "ma2patch_resolution",
-           "--heatmaps", "2", "--panels", "2"]
+           "--heatmaps", "2", "--panels", "2", "--set", "compare.methods=[usad]"]  # the other methods: test_compare*
 
 
 def statuses(run) -> dict[str, str]:
@@ -68,7 +68,7 @@ def test_first_run_runs_every_stage_but_the_skipped(runs):
 
 
 def test_table1_and_ablation_equal_a_direct_evaluation(runs):
-    """The stored-outputs path (branch outputs on disk, maps re-fused) gives usad.experiments.run's numbers."""
+    """The stored-outputs path (branch outputs on disk, maps re-fused) gives usad.run's numbers."""
     for name in ("A", "C"):
         assert_same_metrics({**runs[name]["metrics"]["metrics"], "ablation": runs[name]["ablation"]}, runs[name]["direct"])
 
@@ -85,7 +85,7 @@ def test_rerun_skips_every_stage_and_changes_nothing(runs):
 def test_tau_reruns_only_the_maclu_maps_onward(runs):
     c = runs["C"]
     ran = {s for s, v in statuses(c["run"]).items() if v == "ran"}
-    assert ran == {"table1", "heatmaps", "ablation", "panels", "sweep.maclu_resolution", "report"}
+    assert ran == {"table1", "heatmaps", "ablation", "panels", "compare", "sweep.maclu_resolution", "report"}
     assert c["after"]["models"] == c["before"]["models"]  # no training
     for kept in ("reproduce/outputs.npz", "reproduce/sweeps/maclu_resolution/maclu_42.pt", "sweeps/tau.csv"):
         assert c["after"]["results"][kept] == c["before"]["results"][kept], kept  # evaluation, sweep point model, tau sweep
@@ -101,7 +101,8 @@ def test_a_fit_value_retrains_that_branch_alone(runs):
     assert {b: st[f"train.{b}"] for b in BRANCHES} == {"maclu": "ran", "ma2patch": "up to date", "patchcore": "up to date"}
     assert [b for b in BRANCHES if d["after"]["models"][b] != d["before"]["models"][b]] == ["maclu"]
     assert {s for s, v in st.items() if v == "ran"} == {"train.maclu", "evaluate", "table1", "heatmaps", "ablation",
-                                                        "panels", "sweep.tau", "sweep.maclu_resolution", "report"}
+                                                        "panels", "compare", "sweep.tau", "sweep.maclu_resolution",
+                                                        "report"}
     assert d["after"]["results"]["reproduce/sweeps/maclu_resolution/maclu_42.pt"] != \
         d["before"]["results"]["reproduce/sweeps/maclu_resolution/maclu_42.pt"]  # its fit config changed too
 
@@ -141,6 +142,18 @@ def test_report_table1_equals_metrics_json(report):
     assert f"AU-PRO@0.3 of this run: {pct(m['aupro_0.3'])}" in report["text"]
 
 
+def test_compare_stage_scores_this_evaluation_like_table1(report, runs):
+    """The compare stage's USAD row is this run's evaluation, scored by usad.compare's harness: metrics.json's
+    numbers (no backbone ran for it: see the backbone counts of the runs), and the report shows the full table."""
+    row = json.loads((report["out"] / "compare" / "table1.json").read_text())["methods"]["usad"]
+    m = report["metrics"]
+    assert {k: row[k] for k in ("image_auroc", "pixel_auroc", "pro_auc_usad", "aupro_0.3")} == \
+        {k: m[k] for k in ("image_auroc", "pixel_auroc", "pro_auc_usad", "aupro_0.3")}
+    assert row["settings"]["maclu"]["tau"] == 1.2 and row["predict_s"] > 0
+    full = {r[0]: r for r in table(report["text"].split("## Table 1 in full")[1], "method")}
+    assert full["USAD (fused)"][1:3] == ["98.83", pct(m["image_auroc"])]
+
+
 def test_report_tables_2_and_3_equal_ablation_json(report):
     a = report["ablation"]
     t2 = table(report["text"], "score")
@@ -158,7 +171,7 @@ def test_report_tables_2_and_3_equal_ablation_json(report):
 
 def test_report_figures_resolve_and_sweeps_match_their_csv(report):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report["text"])
-    assert len(links) == 2 + 2  # two panels, the tau and MACLU-resolution plots (MA2Patch's was skipped)
+    assert len(links) == 2 + 2 + 2  # Figs. 7-8, two panels, the tau and MACLU-resolution plots (MA2Patch's skipped)
     for link in links:
         assert not Path(link).is_absolute() and (report["out"] / link).is_file(), link
     tau = table(report["text"], "tau")

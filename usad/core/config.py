@@ -47,7 +47,8 @@ RANGES = {
     "maclu.sigma": (0.0, None), "ma2patch.sigma": (0.0, None), "patchcore.sigma": (0.0, None),
     "maclu.cov_eps": (Open(0.0), None), "ma2patch.cov_eps": (Open(0.0), None), "fusion.blur_ksize": (1, None),
     "patchcore.train_ratio": (0.0, 1.0), "patchcore.coreset_ratio": (0.0, 1.0),
-    "patchcore.projection_eps": (Open(0.0), Open(1.0)),  # the Johnson-Lindenstrauss bound needs 0 < eps < 1
+    "patchcore.projection_eps": (Open(0.0), Open(1.0)),
+    "compare.validation_ratio": (0.0, Open(1.0)),  # share of train/good held out as validation (usad.compare)  # the Johnson-Lindenstrauss bound needs 0 < eps < 1
 }
 
 

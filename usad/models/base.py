@@ -59,8 +59,8 @@ class Method:
     def __init__(self, cfg, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.key = self.section_name or self.name
-        self.section = cfg[self.key] if self.key in cfg else None
+        self.section_key = self.section_name or self.name
+        self.section = cfg[self.section_key] if self.section_key in cfg else None
 
     # ---------------------------------------------------------------- the four steps
     def check(self) -> None:
@@ -82,7 +82,7 @@ class Method:
     # ---------------------------------------------------------------- what the harness records
     def fit_config(self) -> dict:
         """The values a fitted state depends on: the method's section and the seed (resume and model files)."""
-        return {"seed": self.cfg.seed, self.key: plain(self.section) if self.section is not None else None}
+        return {"seed": self.cfg.seed, self.section_key: plain(self.section) if self.section is not None else None}
 
     def weights_files(self) -> dict[str, Path]:
         """Local weights files this run reads, by config key (their SHA-256 goes into table1.json)."""
