@@ -14,6 +14,8 @@
 #   scripts        the four scripts at CoalAD size
 #   bf16           the floor and usad.run with precision=bf16
 #   tenth_scripts  1/10 scale: our four scripts
+#   compare        python -m usad.compare on tests/golden, every method (their tiny settings): train / predict per method
+#   npgmf csad     benchmarks/bench_npgmf.py and bench_csad.py at full size on the GPU (the papers' 21 ms and 8.9 ms an image)
 # A step starts only if its estimate fits in what is left of USAD_BENCH_BUDGET_S; a step still running at
 # USAD_BENCH_HARD_S is stopped (the figures of the steps before it are kept).
 #
@@ -21,7 +23,7 @@
 #   DEVICE=cuda                 cpu: dry run of every step here (with USAD_BENCH_SCALE=tiny)
 #   USAD_BENCH_SCALE=full       tiny: 16 / 8 images and tiny backbones everywhere (dry runs; writes
 #                               $USAD_BENCH_WORK/results_dry.json, never benchmarks/results_cuda.json)
-#   USAD_BENCH_STEPS=data,golden,run,tenth,scripts,bf16,tenth_scripts
+#   USAD_BENCH_STEPS=data,golden,run,tenth,scripts,bf16,tenth_scripts,compare,npgmf,csad
 #   USAD_BENCH_BUDGET_S=530  USAD_BENCH_HARD_S=budget+45 (3600 and more for USAD_BENCH_SCALE=tiny)
 #   USAD_AUTHORS=../shared/usad-authors   USAD_GOLDEN=../shared/golden   (each falls back to ./shared/...:
 #                               on the lent GPU machine ../shared is not there; copy both into the checkout's
@@ -33,7 +35,7 @@ cd "$(dirname "$0")/.." || exit 2
 T0=$(date +%s)
 DEVICE=${DEVICE:-cuda}
 SCALE=${USAD_BENCH_SCALE:-full}
-STEPS=${USAD_BENCH_STEPS:-data,golden,run,tenth,scripts,bf16,tenth_scripts}
+STEPS=${USAD_BENCH_STEPS:-data,golden,run,tenth,scripts,bf16,tenth_scripts,compare,npgmf,csad}
 if [ "$SCALE" = tiny ]; then DEFAULT_BUDGET=3600; else DEFAULT_BUDGET=530; fi  # a dry run on 2 cores is slower
 BUDGET=${USAD_BENCH_BUDGET_S:-$DEFAULT_BUDGET}
 HARD=${USAD_BENCH_HARD_S:-$(( BUDGET + 45 ))}  # 575 s: + 15 s kill-after + the table, under the lent machine's 600 s per command
@@ -96,7 +98,7 @@ else
   SIZES=()
 fi
 BENCH=("$PY" benchmarks/run.py --device "$DEVICE" --work "$WORK" --out "$RESULTS" --update --repeat 1 --no-table --authors "$USAD_AUTHORS" ${SIZES[@]+"${SIZES[@]}"})
-declare -A EST=([data]=45 [golden]=120 [run]=180 [tenth]=210 [scripts]=160 [bf16]=130 [tenth_scripts]=90)  # s, H100, upper
+declare -A EST=([data]=45 [golden]=120 [run]=180 [tenth]=210 [scripts]=160 [bf16]=130 [tenth_scripts]=90 [compare]=300 [npgmf]=120 [csad]=120)  # s, H100, upper
 for s in ${STEPS//,/ }; do
   [ -n "${EST[$s]+x}" ] || { echo "unknown step '$s' in USAD_BENCH_STEPS: choose from ${!EST[*]}"; exit 2; }
 done
@@ -111,6 +113,10 @@ publish() {  # the JSON beside the code (not for dry runs) and, on the lent mach
 }
 
 step() {  # step NAME ARGS...: run benchmarks/run.py ARGS if the step is asked for and fits
+  step_cmd "$1" "${BENCH[@]}" "${@:2}"
+}
+
+step_cmd() {  # step_cmd NAME COMMAND...: run COMMAND if the step is asked for and fits
   local name=$1; shift
   case ",$STEPS," in *",$name,"*) ;; *) return 0 ;; esac
   local now=$(( $(date +%s) - T0 )) est=${EST[$name]}
@@ -119,7 +125,7 @@ step() {  # step NAME ARGS...: run benchmarks/run.py ARGS if the step is asked f
     return 0
   fi
   echo "== $name (at ${now}s, estimate ${est}s)"
-  timeout --kill-after=15 $(( HARD - now )) "${BENCH[@]}" "$@"
+  timeout --kill-after=15 $(( HARD - now )) "$@"
   local rc=$?
   case $rc in
     0) ;;
@@ -139,6 +145,11 @@ step tenth         --only tenth --tenth-parts usad_run,authors
 step scripts       --only run --parts scripts
 step bf16          --only run --parts floor,usad_run --precision bf16
 step tenth_scripts --only tenth --tenth-parts scripts
+step compare       --only compare
+for m in npgmf csad; do
+  [ -f "benchmarks/bench_$m.py" ] && step_cmd $m "$PY" "benchmarks/bench_$m.py" --scale full --device "$DEVICE" --out "$WORK/bench_$m.json"
+  [ -n "${OUT:-}" ] && [ -f "$WORK/bench_$m.json" ] && cp "$WORK/bench_$m.json" "$OUT/"
+done
 echo
 "$PY" benchmarks/run.py --table "$RESULTS"
 publish

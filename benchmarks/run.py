@@ -40,6 +40,8 @@ and peak GPU memory (torch.cuda.max_memory_allocated).
            then, with the models in place, evaluates only). ``--tenth-parts``.
   coreset  picks/s of the exact fast greedy vs the authors' loop, and peak
            memory, at 112k and 1.12M patches (1/10 and full CoalAD).
+  compare  `python -m usad.compare --config tests/golden.yaml --retrain` (every method, tiny settings):
+           each method's training and prediction time from table1.json (``--compare-methods``).
   metrics  time and peak memory of all four metrics on 1,754 generated
            406 x 406 maps (the CoalAD test set).
 
@@ -72,6 +74,7 @@ from sections import (
     AUTHORS,
     BACKBONES,
     SCALES,
+    section_compare,
     section_coreset,
     section_data,
     section_golden,
@@ -111,6 +114,8 @@ def main() -> None:
                         "/tmp/usad-bench-<device>)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--update", action="store_true", help="merge into an existing --out file")
+    parser.add_argument("--compare-methods", default="", help="compare section: --methods of usad.compare (default: "
+                        "every method that can run)")
     parser.add_argument("--quick", action="store_true", help="a few minutes on a CPU: run (dry set, tiny backbones, "
                         "once), coreset (112k patches only) and metrics, written to results_quick_<device>.json")
     parser.add_argument("--table", metavar="FILE", help="only print the table of a results file")
@@ -137,7 +142,7 @@ def main() -> None:
                            f"device={ctx.device}",
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "batch_size": ctx.batch_size or "config default"})
-    runners = {"data": section_data, "golden": section_golden, "run": section_run, "tenth": section_tenth,
+    runners = {"compare": section_compare, "data": section_data, "golden": section_golden, "run": section_run, "tenth": section_tenth,
                "coreset": section_coreset, "metrics": lambda c: child("metrics", "1754", "406")}
     sections = ctx.only.split(",")
     unknown = [s for s in sections if s not in runners]

@@ -306,3 +306,21 @@ def section_coreset(ctx) -> dict:
                         "same_first_picks": fast["first_picks"][:12] == naive["first_picks"][:12],
                         "estimated_full_coreset_s": 11205 / fast["picks_per_s"]}
     return out
+
+
+def section_compare(ctx) -> dict:
+    """``python -m usad.compare`` on the committed fixture (tests/golden.yaml: every method's tiny settings), in its
+    own process, refitting everything: each method's training and prediction time from its table1.json row."""
+    out_dir = fresh(ctx.work / "compare")
+    overrides = [f"device={ctx.device}", f"paths.models={out_dir / 'models'}", f"paths.results={out_dir / 'results'}"]
+    methods = ["--methods", ctx.compare_methods] if ctx.compare_methods else []
+    run = measure("compare", ["-m", "usad.compare", "--config", str(REPO / "tests" / "golden.yaml"), *set_args(overrides),
+                              *methods, "--retrain"], ctx.logs)
+    table = json.loads(next((out_dir / "results").rglob("table1.json")).read_text())
+    rows = table.get("methods", table)
+    methods_out = {}
+    for name, row in rows.items():
+        if isinstance(row, dict) and "status" in row:
+            methods_out[name] = {k: row.get(k) for k in ("status", "train_s", "predict_s", "images_per_s")}
+    return {"scale": "golden", "backbones": "tiny", "wall_s": run["wall_s"], "peak_rss_mb": run.get("peak_rss_mb"),
+            "methods": methods_out}

@@ -136,6 +136,15 @@ def table(res: dict) -> str:
         m = res["metrics"]
         rows.append(("metrics, 1,754 maps 406x406", f"{m['seconds']:.1f} s, peak RSS {m['peak_rss_mb']:.0f} MB "
                      f"(inputs {m['inputs_mb']:.0f} MB)", "< 60 s, < 4 GB"))
+    if "compare" in res:
+        c = res["compare"]
+        rows.append(("compare on tests/golden (tiny settings), whole command", f"{fmt_s(c['wall_s'])}", ""))
+        for name, m in c.get("methods", {}).items():
+            if m.get("status") == "ran":
+                rows.append((f"  {name}: train / predict", f"{fmt_s(m['train_s'])} / {fmt_s(m['predict_s'])}"
+                             f" ({m['images_per_s']:.2f} images/s)", ""))
+            else:
+                rows.append((f"  {name}", short(str(m.get("status"))), ""))
     for name, error in res.get("errors", {}).items():
         rows.append((f"FAILED: {name}", short(error), ""))
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
