@@ -8,6 +8,7 @@ import torch
 from usad.core.config import ConfigError, load_config
 from usad.models import method_class
 from usad.models.official.methods import NotFittedError, OfficialRunError
+from official_fixtures import coal_data, official  # noqa: F401 (pytest fixtures)
 
 CPU = torch.device("cpu")
 NAMES = ("simplenet", "rdpp", "ckaad", "isstad")

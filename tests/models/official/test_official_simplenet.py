@@ -5,6 +5,8 @@ shapes, our image AUROC on them equal to the one their own code computed on the 
 for the same files when they come in another order.
 """
 
+from official_fixtures import coal_data, official  # noqa: F401 (pytest fixtures)
+
 
 def test_official_simplenet_scores_exactly_our_files(official, tmp_path):
     method = official.fitted("simplenet", tmp_path)
