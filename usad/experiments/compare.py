@@ -195,7 +195,8 @@ class Comparison:
         for name in self.names:
             paper_name = (plan.jobs[name].paper_name if name in plan.jobs else class_paper_name(name)) \
                 or PAPER_ROWS.get(name) or name
-            base = {"paper_name": paper_name, "paper": paper_numbers(name, paper_name)}
+            base = {"paper_name": paper_name,
+                    "paper": paper_numbers(name, paper_name, plan.cfg, category, plan.layout.kind)}
             if name in plan.not_run:
                 rows[name] = {"status": plan.not_run[name], **base}
                 continue

@@ -88,6 +88,12 @@ class Method:
         """Local weights files this run reads, by config key (their SHA-256 goes into table1.json)."""
         return {}
 
+    @classmethod
+    def paper_numbers(cls, cfg, category: str, layout: str) -> dict | None:
+        """The method's own paper's numbers (in %, by this project's metric names) for ``category``, to print beside
+        this run; None where its paper has none. The USAD paper's Table 1 (CoalAD) is the harness's."""
+        return None
+
     def settings(self) -> dict:
         """The settings used, for table1.json (default: the method's config section)."""
         return plain(self.section) if self.section is not None else {}

@@ -70,6 +70,29 @@ class NPGMF(Method):
     requirements_file = "requirements-npgmf.txt"  # open-clip-torch: only to compute the text embedding
     paper = PAPER
 
+    @classmethod
+    def paper_numbers(cls, cfg, category: str, layout: str) -> dict | None:
+        """NPGMF's own numbers for this category (in %): MVTec LOCO AD sPRO@0.05 (Table I) and the mean image AUROC
+        (Sec. IV-B; per category only in Fig. 8), MVTec AD image / pixel AUROC (Table II); with
+        ``npgmf.branches`` logical or structural, Table V's row of that branch (means over the categories)."""
+        branches = cfg.npgmf.branches if cfg is not None else "both"
+        if layout == "loco":
+            out = {}
+            if category in PAPER["table1_loco_spro"]:
+                out["spro_auc_0.05"] = 100 * PAPER["table1_loco_spro"][category]
+            if category == "mean":
+                out["image_auroc_mean"] = 100 * PAPER["fig8_loco_image_auroc"]["mean"]
+            if branches != "both":
+                out = {"spro_auc_0.05": 100 * PAPER["table5_ablation"][branches]["loco_spro"]}
+            return out or None
+        if category in PAPER["table2_mvtec_ad"]:
+            if branches != "both":
+                row = PAPER["table5_ablation"][branches]
+                return {"image_auroc": 100 * row["mvtec_ad_image_auroc"], "pixel_auroc": 100 * row["mvtec_ad_pixel_auroc"]}
+            image, pixel = PAPER["table2_mvtec_ad"][category]
+            return {"image_auroc": 100 * image, "pixel_auroc": 100 * pixel}
+        return None
+
     def __init__(self, cfg, device: torch.device):
         super().__init__(cfg, device)
         self.category = cfg.data.category
