@@ -73,7 +73,8 @@ DEVICE_CHOICES = "auto | cpu | cuda | cuda:N (N = GPU index, e.g. cuda:0)"
 INT_OR_AUTO = {"data.num_workers"}
 # Keys restricted to a set of values.
 CHOICES = {"patchcore.bank_dtype": ("float32", "float16"), "cache.dtype": ("float32", "float16"),
-           "maclu.kmeans": ("auto", "sklearn", "torch"), "precision": ("fp32", "bf16")}
+           "maclu.kmeans": ("auto", "sklearn", "torch"), "precision": ("fp32", "bf16"),
+           "csad.segmentor.schedule": ("none", "cosine"), "aecsad.segmentor.schedule": ("none", "cosine")}
 
 
 class ConfigError(UsadError, ValueError):

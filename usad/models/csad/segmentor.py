@@ -63,6 +63,17 @@ def weights_file(path, key: str) -> Path:
     return p
 
 
+def learning_rate_schedule(opt, c, total_steps: int):
+    """``segmentor.schedule``: ``none`` keeps ``lr`` (CSAD's code), ``cosine`` anneals it to ``min_lr`` over every
+    optimisation step (AeCSAD, Sec. IV); None for a constant rate."""
+    kind = c.get("schedule", "none")
+    if kind == "none":
+        return None
+    if kind != "cosine":
+        raise ValueError(f"segmentor.schedule must be none or cosine, got {kind!r}")
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1), eta_min=float(c["min_lr"]))
+
+
 class SegmentorError(UsadError, ValueError):
     """Training data the segmentor cannot use (shapes, too few images)."""
 
@@ -324,6 +335,8 @@ class Segmentor:
         opt = torch.optim.Adam(self.decoder.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
         n_l, n_u, batch = len(images), len(unlabelled_images), int(c["batch_size"])
         steps = n_l // batch
+        schedule = learning_rate_schedule(opt, c, int(c["epochs"]) * steps)
+        self.lr_history: list[float] = []
         lsa_cfg = self._lsa_config() if segments is not None and backgrounds is not None else None
         unl_order, unl_pos = rs.permutation(n_u), 0
         self.history = []
@@ -342,7 +355,10 @@ class Segmentor:
                         unl_order, unl_pos = rs.permutation(n_u), 0
                     xu = normalize(unlabelled_images[unl_order[unl_pos:unl_pos + take]], self.device)
                     unl_pos += take
+                self.lr_history.append(opt.param_groups[0]["lr"])
                 losses = self.train_step(opt, x, y, xu, y_hist, sup_only)
+                if schedule is not None:
+                    schedule.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
             self.history.append({k: v / max(steps, 1) for k, v in sums.items()})
