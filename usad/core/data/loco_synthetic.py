@@ -48,14 +48,13 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from usad.core.data.dataset import DatasetError, NORMAL_KIND
-from usad.core.data.synthetic import _is_nonempty_dir, _move_into_place, _write_png, parse_size
+from usad.core.data.synthetic import _move_into_place, _write_png, parse_size, staging_folder
 from usad.core.errors import UsadError
 
 LOGICAL = "logical_anomalies"
@@ -345,15 +344,7 @@ def make_synthetic_loco(root, category: str = "pushpins", n_train: int = 8, n_va
     _check_counts(category, {"n_train": n_train, "n_validation": n_validation, "n_test_good": n_test_good,
                              "n_logical": n_logical, "n_structural": n_structural})
     width, height = parse_size(size)
-    root = Path(root)
-    target = root / category
-    if target.exists() and not target.is_dir():
-        raise DatasetError(f"{target} exists and is not a folder: remove it or choose another root/category")
-    if _is_nonempty_dir(target) and not overwrite:
-        raise DatasetError(f"{target} already exists and is not empty: remove it, choose another root/category, "
-                           f"or pass overwrite=True (--overwrite) to replace it")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
+    target, tmp = staging_folder(Path(root), category, overwrite)
     try:
         for split, n in (("train", n_train), ("validation", n_validation), ("test_good", n_test_good),
                          (LOGICAL, n_logical), (STRUCTURAL, n_structural)):

@@ -313,15 +313,7 @@ def make_synthetic_coalad(root, category: str = "coal_ad", n_train: int = 32, n_
     kinds = _check_args(category, {"n_train": n_train, "n_test_good": n_test_good,
                                    "n_test_anomalous": n_test_anomalous}, kinds)
     width, height = parse_size(size)
-    root = Path(root)
-    target = root / category
-    if target.exists() and not target.is_dir():
-        raise DatasetError(f"{target} exists and is not a folder: remove it or choose another root/category")
-    if _is_nonempty_dir(target) and not overwrite:
-        raise DatasetError(f"{target} already exists and is not empty: remove it, choose another root/category, "
-                           f"or pass overwrite=True (--overwrite) to replace it")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
+    target, tmp = staging_folder(Path(root), category, overwrite)
     try:
         for split, n in (("train", n_train), ("test_good", n_test_good), ("test_anomalous", n_test_anomalous)):
             write_split(tmp, split, n, width, height, seed, kinds)
@@ -329,6 +321,19 @@ def make_synthetic_coalad(root, category: str = "coal_ad", n_train: int = 32, n_
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def staging_folder(root: Path, category: str, overwrite: bool) -> tuple[Path, Path]:
+    """``(target, tmp)``: the category folder to write (refused when it is a file, or not empty without
+    ``overwrite``) and an empty folder beside it to write into first (``_move_into_place`` renames it)."""
+    target = root / category
+    if target.exists() and not target.is_dir():
+        raise DatasetError(f"{target} exists and is not a folder: remove it or choose another root/category")
+    if _is_nonempty_dir(target) and not overwrite:
+        raise DatasetError(f"{target} already exists and is not empty: remove it, choose another root/category, "
+                           f"or pass overwrite=True (--overwrite) to replace it")
+    root.mkdir(parents=True, exist_ok=True)
+    return target, Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
 
 
 def _move_into_place(staged: Path, target: Path) -> None:
