@@ -372,8 +372,11 @@ def test_interrupted_training_keeps_the_previous_model(tmp_path, caplog):
                                                 "--set", "ma2patch.image_size=56"]) == 0
     good = sha(models / "ma2patch.pt")
     # a second run with a full-size random ViT-B at 406 px (seconds per image on a CPU), Ctrl-C while it computes
+    # SIGINT back to its default in the child: a test runner started in the background (``cmd &``) passes SIGINT
+    # on as ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, str(REPO / "train_ma2patch.py"), *argv, "--set", "ma2patch.model_kwargs={}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     while b"fitting on" not in seen and proc.poll() is None:
         seen += proc.stderr.read1(4096)

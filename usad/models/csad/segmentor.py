@@ -23,7 +23,13 @@ steps; each step draws a labelled batch (LSA with probability ``lsa_ratio``, the
 small shift-scale-rotate and brightness-contrast jitter), an unlabelled batch and,
 for the histogram loss, the label map of a random labelled image. The first
 ``sup_only_epochs`` use the labelled losses only. The last epoch's weights are kept
-(the code keeps the epoch with the best *test-set* AUROC: not done here).
+(the code keeps the epoch with the best *test-set* AUROC: not done here). ``segmentor.schedule``:
+``none`` keeps the rate (the code), ``cosine`` anneals it to ``min_lr`` (AeCSAD).
+
+Why one module of ~430 lines: the frozen encoder, the decoder and the training loop are what the official
+``train_segmentor.py`` and its model file define together, and the golden tests
+(``tests/models/csad/test_csad_seg_golden.py``) compare them as one unit (logits, one step's losses and
+updates); the losses and the LSA augmentation already live in ``seg_losses.py`` and ``lsa.py``.
 """
 
 from __future__ import annotations
