@@ -1007,8 +1007,8 @@ def child_isstad(spec: dict) -> None:
     run_script(step / "main_mvtec_ad_step2.py", their_argv("isstad", phase, s, spec["device"], spec["seed"]))
     if phase == "fit":
         return
-    after = torch.load(work / "saved_models" / "step2_predict" / name / "net_ad.pth", map_location="cpu",
-                       weights_only=True)
+    after_file = work / "saved_models" / "step2_predict" / name / "net_ad.pth"
+    after = torch.load(after_file, map_location="cpu", weights_only=True)
     changed = [k for k in state if not torch.equal(state[k], after[k])]
     if changed:
         raise HarnessError(f"ISSTAD predict changed weights ({changed[:3]}): the lr-0 epoch is not a no-op")

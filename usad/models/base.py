@@ -79,6 +79,10 @@ class Method:
         """Restore a fitted state saved by ``save`` with the same ``fit_config``; False when there is none."""
         return False
 
+    def config_key(self, key: str) -> str:
+        """The dotted config key of one of this method's settings, for messages: ``efficientad.teacher_weights``."""
+        return f"{self.section_key}.{key}"
+
     # ---------------------------------------------------------------- what the harness records
     def fit_config(self) -> dict:
         """The values a fitted state depends on: the method's section and the seed (resume and model files)."""

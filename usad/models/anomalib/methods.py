@@ -40,14 +40,11 @@ class AnomalibMethod(Method):
 
     requires = ("anomalib",)
     requirements_file = "requirements-baselines.txt"
-    section_name = ""              # config section (default: ``name``)
     validate_after = False         # one validation pass after training (EfficientAD's quantiles)
     frozen_prefixes: tuple[str, ...] = ()  # state of the torch model that comes from a weights file, not fitting
 
     def __init__(self, cfg, device: torch.device):
-        super().__init__(cfg, device)
-        self.key = self.section_name or self.name
-        self.section = cfg[self.key] if self.key in cfg else None
+        super().__init__(cfg, device)    # self.section_key, self.section: the config section (Method)
         self.module = None
         self.opened: dict[str, list[Path]] = {"fit": [], "predict": []}  # files the last fit / predict read
         self._sha: dict[str, str] = {}
@@ -73,23 +70,23 @@ class AnomalibMethod(Method):
                 if key not in self._sha:
                     self._sha[key] = file_sha256(Path(path))
                 shas[key] = self._sha[key]
-        return {"seed": self.cfg.seed, self.key: plain(self.section), "weights_sha256": shas}
+        return {"seed": self.cfg.seed, self.section_key: plain(self.section), "weights_sha256": shas}
 
     def settings(self) -> dict:
-        return {"section": self.key, **plain(self.section)}
+        return {"section": self.section_key, **plain(self.section)}
 
     def _require_section(self) -> None:
         if self.section is None:
-            raise ConfigError(f"the config has no section {self.key!r}: configs/methods/{self.key}.yaml is missing")
+            raise ConfigError(f"the config has no section {self.section_key!r}: configs/methods/{self.section_key}.yaml is missing")
 
     # ------------------------------------------------------------------ the four steps
     def check(self) -> None:
         self._require_section()
         if self.section.image_size < 32:  # the ResNets' and DRAEM's five halvings
-            raise ConfigError(f"config key '{self.key}.image_size' = {self.section.image_size} is too small (>= 32)")
+            raise ConfigError(f"config key '{self.section_key}.image_size' = {self.section.image_size} is too small (>= 32)")
         for name in ("batch_size", "max_epochs", "max_steps"):
             if name in self.section and self.section[name] < 1:
-                raise ConfigError(f"config key '{self.key}.{name}' must be >= 1, got {self.section[name]}")
+                raise ConfigError(f"config key '{self.section_key}.{name}' must be >= 1, got {self.section[name]}")
 
     def build(self):
         """anomalib's Lightning module, with its local weights loaded (seeded before)."""
@@ -160,28 +157,28 @@ class BackboneMethod(AnomalibMethod):
 
     def weights_files(self) -> dict[str, Path]:
         w = self.section.weights if self.section is not None else None
-        return {f"{self.key}.weights": Path(w)} if w and self.section.pretrained else {}
+        return {self.config_key("weights"): Path(w)} if w and self.section.pretrained else {}
 
     def check(self) -> None:
         super().check()
         import timm
 
         if not timm.is_model(self.architecture()):
-            raise ConfigError(f"config key '{self.key}.backbone' = {self.section.backbone!r} is not a timm model")
+            raise ConfigError(f"config key '{self.section_key}.backbone' = {self.section.backbone!r} is not a timm model")
         if "coreset_ratio" in self.section and not 0 < self.section.coreset_ratio <= 1:
-            raise ConfigError(f"config key '{self.key}.coreset_ratio' must be in (0, 1], got {self.section.coreset_ratio}")
+            raise ConfigError(f"config key '{self.section_key}.coreset_ratio' must be in (0, 1], got {self.section.coreset_ratio}")
         if not self.section.pretrained:
             return
-        key = f"{self.key}.weights"
+        key = self.config_key("weights")
         if self.section.download and self.section.weights and not Path(self.section.weights).expanduser().is_file():
             download_backbone(self.section.backbone, Path(self.section.weights).expanduser(), key)
         require_file(key, self.section.weights, f"the {self.section.backbone} backbone weights", BACKBONE_WHERE)
 
     def load_backbone(self, extractor) -> None:
         if self.section.pretrained:
-            load_backbone(extractor, Path(self.section.weights).expanduser(), f"{self.key}.weights")
+            load_backbone(extractor, Path(self.section.weights).expanduser(), self.config_key("weights"))
         else:
-            random_weights_warning(f"{self.name}'s backbone {self.section.backbone}", f"{self.key}.pretrained")
+            random_weights_warning(f"{self.name}'s backbone {self.section.backbone}", self.config_key("pretrained"))
 
 
 class PatchCore(BackboneMethod):
@@ -210,7 +207,7 @@ class RD4AD(BackboneMethod):
     def check(self) -> None:
         super().check()
         if self.section.anomaly_map_mode not in ("add", "multiply"):
-            raise ConfigError(f"config key '{self.key}.anomaly_map_mode' must be add or multiply, "
+            raise ConfigError(f"config key '{self.section_key}.anomaly_map_mode' must be add or multiply, "
                               f"got {self.section.anomaly_map_mode!r}")
 
     def build(self):
@@ -240,7 +237,7 @@ class EfficientAD(AnomalibMethod):
 
     def weights_files(self) -> dict[str, Path]:
         s = self.section
-        return {f"{self.key}.teacher_weights": Path(s.teacher_weights)} if s is not None and s.pretrained \
+        return {self.config_key("teacher_weights"): Path(s.teacher_weights)} if s is not None and s.pretrained \
             and s.teacher_weights else {}
 
     def check(self) -> None:
@@ -249,13 +246,13 @@ class EfficientAD(AnomalibMethod):
 
         s = self.section
         if s.model_size not in ("small", "medium"):
-            raise ConfigError(f"config key '{self.key}.model_size' must be small or medium, got {s.model_size!r}")
+            raise ConfigError(f"config key '{self.section_key}.model_size' must be small or medium, got {s.model_size!r}")
         if s.max_steps < 2:  # anomalib's StepLR: step size int(0.95 * max_steps) must be >= 1
-            raise ConfigError(f"config key '{self.key}.max_steps' must be >= 2, got {s.max_steps}")
+            raise ConfigError(f"config key '{self.section_key}.max_steps' must be >= 2, got {s.max_steps}")
         if s.image_size < 256:  # its encoder: five stride-2 convolutions, then an 8 x 8 one
-            raise ConfigError(f"config key '{self.key}.image_size' = {s.image_size}: EfficientAD's autoencoder needs "
+            raise ConfigError(f"config key '{self.section_key}.image_size' = {s.image_size}: EfficientAD's autoencoder needs "
                               f">= 256")
-        teacher_key, penalty_key = f"{self.key}.teacher_weights", f"{self.key}.imagenet_dir"
+        teacher_key, penalty_key = self.config_key("teacher_weights"), self.config_key("imagenet_dir")
         if s.download and s.pretrained and s.teacher_weights and not Path(s.teacher_weights).expanduser().is_file():
             download_anomalib_archive(WEIGHTS_DOWNLOAD_INFO, f"pretrained_teacher_{s.model_size}.pth",
                                       Path(s.teacher_weights).expanduser(), teacher_key)
@@ -281,7 +278,7 @@ class EfficientAD(AnomalibMethod):
         s = self.section
         teacher = Path(s.teacher_weights).expanduser() if s.pretrained else None
         return LocalEfficientAd(
-            teacher_path=teacher, teacher_key=f"{self.key}.teacher_weights",
+            teacher_path=teacher, teacher_key=self.config_key("teacher_weights"),
             imagenet_dir=Path(s.imagenet_dir).expanduser(), teacher_out_channels=s.teacher_out_channels,
             model_size=s.model_size, lr=s.lr, weight_decay=s.weight_decay, padding=s.padding, pad_maps=s.pad_maps,
             pre_processor=LocalEfficientAd.configure_pre_processor((s.image_size, s.image_size)),
@@ -298,9 +295,9 @@ class DRAEM(AnomalibMethod):
         super().check()
         from anomalib.models.image.draem.lightning_model import DTD_DOWNLOAD_INFO
 
-        s, key = self.section, f"{self.key}.dtd_dir"
+        s, key = self.section, self.config_key("dtd_dir")
         if s.score_pool < 1 or s.score_pool % 2 == 0:
-            raise ConfigError(f"config key '{self.key}.score_pool' must be an odd size >= 1, got {s.score_pool}")
+            raise ConfigError(f"config key '{self.section_key}.score_pool' must be an odd size >= 1, got {s.score_pool}")
         if s.download and s.dtd_dir and not Path(s.dtd_dir).expanduser().is_dir():
             download_anomalib_archive(DTD_DOWNLOAD_INFO, None, Path(s.dtd_dir).expanduser(), key)
         require_image_folder(key, s.dtd_dir, "DRAEM's anomaly-source textures",

@@ -56,9 +56,6 @@ class CSAD(Method):
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- checks
-    def config_key(self, k: str) -> str:
-        return f"{self.section_key}.{k}"
-
     def check(self) -> None:
         """Local files named by the config (backbone weights, penalty images) and the branch names."""
         s = self.section

@@ -76,9 +76,6 @@ class OfficialMethod(Method):
         self._sha: dict[str, str] = {}
 
     # ------------------------------------------------------------------ settings
-    def key(self, name: str) -> str:
-        return f"{self.name}.{name}"
-
     def tool(self):
         if self._harness is None:
             self._harness = harness()
@@ -102,7 +99,7 @@ class OfficialMethod(Method):
 
     def weights_files(self) -> dict[str, Path]:
         path = self.weights_file()
-        return {self.key(self.weights_key): path} if path is not None else {}
+        return {self.config_key(self.weights_key): path} if path is not None else {}
 
     def backbone(self) -> dict:
         path = self.weights_file()
@@ -141,15 +138,15 @@ class OfficialMethod(Method):
         try:
             self.tool().check_clone(self.name, self.clone())
         except self.tool().HarnessError as e:
-            raise OfficialRunError(f"config key {self.key('authors')!r}: {e}") from None
+            raise OfficialRunError(f"config key {self.config_key('authors')!r}: {e}") from None
         path = self.weights_file()
         if path is not None and not path.is_file():
-            raise OfficialRunError(f"config key {self.key(self.weights_key)!r}: {path} does not exist; it is "
+            raise OfficialRunError(f"config key {self.config_key(self.weights_key)!r}: {path} does not exist; it is "
                                    f"{self.weights_hint}")
         if path is None and not self.section[self.random_key]:
-            raise OfficialRunError(f"config key {self.key(self.weights_key)!r} is not set: {self.paper_name} needs "
+            raise OfficialRunError(f"config key {self.config_key(self.weights_key)!r} is not set: {self.paper_name} needs "
                                    f"{self.weights_hint} as a local file (no downloads during a run); "
-                                   f"{self.key(self.random_key)}=true uses seeded random weights (tests only)")
+                                   f"{self.config_key(self.random_key)}=true uses seeded random weights (tests only)")
 
     # ------------------------------------------------------------------ the four steps
     def run(self, step, *args, **kwargs):
@@ -227,7 +224,7 @@ class RDPlusPlus(OfficialMethod):
 
     def check(self) -> None:
         if self.section is not None and self.section.tiny_networks and not self.section.random_backbone:
-            raise ConfigError(f"config key {self.key('tiny_networks')!r} needs {self.key('random_backbone')}=true: "
+            raise ConfigError(f"config key {self.config_key('tiny_networks')!r} needs {self.config_key('random_backbone')}=true: "
                               f"the shrunk networks have no pretrained weights")
         super().check()
 
@@ -255,4 +252,4 @@ class ISSTAD(OfficialMethod):
         try:
             self.tool().check_isstad_env(self.venv())
         except self.tool().HarnessError as e:
-            raise OfficialRunError(f"config key {self.key('venv')!r}: {e}") from None
+            raise OfficialRunError(f"config key {self.config_key('venv')!r}: {e}") from None
