@@ -118,7 +118,10 @@ class HarnessError(RuntimeError):
 
 
 def authors_commit(authors: Path) -> str:
-    """Their commit: git HEAD of the clone, else "at commit <sha>" in ABOUT.md, else "unknown"."""
+    """The commit of a clone of other authors' code: git HEAD; else "at commit <sha>" in its own ABOUT.md (a
+    snapshot, as ../shared/usad-authors); else the row naming its folder (`` `<name>/` ``) in the ABOUT.md beside
+    it (../shared/authors/ABOUT.md); else "unknown". Every tool that runs other authors' code records it."""
+    authors = Path(authors)
     if (authors / ".git").exists():
         try:
             out = subprocess.run(["git", "-C", str(authors), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -127,11 +130,16 @@ def authors_commit(authors: Path) -> str:
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
-    about = authors / "ABOUT.md"
-    if about.is_file():
-        match = re.search(r"at commit ([0-9a-f]{40})", about.read_text(errors="replace"))
+    own, beside = authors / "ABOUT.md", authors.parent / "ABOUT.md"
+    if own.is_file():
+        match = re.search(r"at commit ([0-9a-f]{40})", own.read_text(errors="replace"))
         if match:
             return match.group(1)
+    if beside.is_file():
+        for line in beside.read_text(errors="replace").splitlines():
+            match = re.search(r"\b([0-9a-f]{40})\b", line)
+            if match and f"`{authors.name}/`" in line:
+                return match.group(1)
     return "unknown"
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from authors_harness import authors_commit  # noqa: E402 (tools/: one way to record a clone's commit)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "tests" / "models" / "csad" / "golden"
@@ -117,19 +117,6 @@ def to_uint8(x) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the clone and the data
-
-
-def authors_commit(authors: Path) -> str:
-    if (authors / ".git").exists():
-        out = subprocess.run(["git", "-C", str(authors), "rev-parse", "HEAD"], capture_output=True, text=True)
-        if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
-            return out.stdout.strip()
-    about = authors.parent / "ABOUT.md"
-    if about.is_file():
-        m = re.search(r"github\.com/Tokichan/CSAD \| ([0-9a-f]{40})", about.read_text(errors="replace"))
-        if m:
-            return m.group(1)
-    return "unknown"
 
 
 def check_authors(authors: Path) -> Path:

@@ -40,6 +40,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from authors_harness import authors_commit  # noqa: E402 (tools/: one way to record a clone's commit)
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -482,18 +483,6 @@ def run_worker(task: str, authors: Path, work: Path, seed: int, **extra) -> dict
     if res.returncode != 0:
         raise SystemExit(f"their code failed ({task}):\n{res.stderr[-4000:]}")
     return dict(np.load(job["out"]))
-
-
-def authors_commit(authors: Path) -> str:
-    sys.path.insert(0, str(TOOLS))
-    import authors_harness
-
-    commit = authors_harness.authors_commit(authors)
-    if commit == "unknown":
-        about = authors.parent / "ABOUT.md"
-        if about.is_file() and "2ba199d7f1555d1a9a729822c8163867f0840e45" in about.read_text():
-            commit = "2ba199d7f1555d1a9a729822c8163867f0840e45 (from ABOUT.md beside the clone)"
-    return commit
 
 
 def make_segmentor_golden(authors: Path, data: Path, out: Path, seed: int = 0) -> dict:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from authors_harness import authors_commit  # noqa: E402 (tools/: one way to record a clone's commit)
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -104,26 +104,6 @@ def checksum(tensors) -> float:
 
 
 # ---------------------------------------------------------------- their commit
-def source_commit(clone: Path) -> str:
-    """git HEAD of the clone, else its row in an ABOUT.md beside it (../shared/authors/ABOUT.md), else unknown."""
-    if (clone / ".git").exists():
-        try:
-            out = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                 timeout=30)
-            if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    about = clone.parent / "ABOUT.md"
-    if about.is_file():
-        for line in about.read_text(errors="replace").splitlines():
-            if f"`{clone.name}/`" in line:
-                match = re.search(r"\b[0-9a-f]{40}\b", line)
-                if match:
-                    return match.group(0)
-    return "unknown"
-
-
 # ---------------------------------------------------------------- the subprocesses (their code)
 def stub_missing(names) -> list[str]:
     """Empty stand-ins for evaluation-only packages that cannot be imported here (never called by the cases)."""
@@ -275,7 +255,7 @@ def main(argv=None) -> int:
     inputs = [t for case, shapes in RD4AD_CASES.items() for t in seeded_inputs(case, shapes, args.seed)]
     manifest = {
         "what": "RD4AD's and Uformer's outputs on seeded weights and inputs (tools/golden_npgmf.py)",
-        "sources": {name: {"repository": repo, "commit": source_commit(clones[name]), "path": getattr(args, name)}
+        "sources": {name: {"repository": repo, "commit": authors_commit(clones[name]), "path": getattr(args, name)}
                     for name, repo in (("rd4ad", "github.com/hq-deng/RD4AD"),
                                        ("uformer", "github.com/ZhendongWang6/Uformer"))},
         "seed": args.seed, "rd4ad_cases": {k: ["x".join(map(str, s)) for s in v] for k, v in RD4AD_CASES.items()},

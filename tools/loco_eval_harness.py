@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ if str(REPO) not in sys.path:
 
 from usad.core.data.layouts import Layout, read_layout  # noqa: E402
 from usad.core.errors import UsadError  # noqa: E402
+from authors_harness import authors_commit  # noqa: E402 (tools/: one way to record a clone's commit)
 
 DEFAULT_AUTHORS = REPO.parent / "shared" / "authors" / "mvtec_loco_eval"
 PINNED_COMMIT = "966f15a77e8a55c3aad0e9cc12d03952c81dd1d3"
@@ -61,25 +61,6 @@ def check_authors(authors) -> Path:
         raise HarnessError(f"{authors} is not a clone of MVTec's LOCO evaluation code (missing {missing}); "
                            f"pass --authors DIR (git clone https://github.com/cinout/loco_ad_eval)")
     return authors
-
-
-def authors_commit(authors: Path) -> str:
-    """git HEAD of the clone, else the commit in the row naming its folder in a neighbouring ABOUT.md."""
-    if (authors / ".git").exists():
-        try:
-            out = subprocess.run(["git", "-C", str(authors), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                 timeout=30)
-            if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    about = authors.parent / "ABOUT.md"
-    if about.is_file():
-        for line in about.read_text(errors="replace").splitlines():
-            match = re.search(r"\b([0-9a-f]{40})\b", line)
-            if match and f"`{authors.name}/`" in line:
-                return match.group(1)
-    return "unknown"
 
 
 def object_name_for(layout: Layout, object_name: str | None) -> str:

@@ -73,7 +73,6 @@ import functools
 import json
 import math
 import os
-import re
 import resource
 import runpy
 import shutil
@@ -82,6 +81,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from authors_harness import authors_commit  # noqa: E402 (tools/: one way to record a clone's commit)
 
 METHODS = ("simplenet", "rdpp", "ckaad", "isstad")
 REPOSITORIES = {
@@ -133,23 +133,6 @@ def check_clone(method: str, authors: Path | None) -> Path:
         raise HarnessError(f"the {method} clone {path} {what}: git clone {REPOSITORIES[method]} {path} "
                            f"(commit: see ../shared/authors/ABOUT.md), or give its path")
     return path
-
-
-def clone_commit(clone: Path) -> str:
-    """git HEAD of the clone; else its row in the ABOUT.md beside it (../shared/authors); else "unknown"."""
-    if (clone / ".git").exists():
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                 timeout=30)
-            if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
-                return out.stdout.strip()
-    about = clone.parent / "ABOUT.md"
-    if about.is_file():
-        for line in about.read_text(errors="replace").splitlines():
-            match = re.match(rf"\|\s*`{re.escape(clone.name)}/`\s*\|[^|]*\|\s*([0-9a-f]{{40}})\s*\|", line)
-            if match:
-                return match.group(1)
-    return "unknown"
 
 
 # --------------------------------------------------------------------------- their folder layout
@@ -368,7 +351,7 @@ def fit(method: str, train: list[Path], work: Path, settings: dict, *, authors: 
     ckpt = checkpoint_path(method, work, settings)
     if not ckpt.is_file():
         raise HarnessError(f"their {method} training wrote no checkpoint at {ckpt}; log {work / 'logs'}")
-    record = {"method": method, "authors": str(clone), "authors_commit": clone_commit(clone), "settings": settings,
+    record = {"method": method, "authors": str(clone), "authors_commit": authors_commit(clone), "settings": settings,
               "seed": seed, "device": device, "backbone": spec["backbone"], "n_train": len(train),
               "checkpoint": str(ckpt.relative_to(work)), "checkpoint_sha256": sha256(ckpt),
               "wall_s": sum(t["wall_s"] for t in times.values()), "cpu_s": sum(t["cpu_s"] for t in times.values()),
@@ -418,7 +401,7 @@ def predict(method: str, files: list[Path], work: Path, settings: dict, *, autho
     if method == "simplenet":
         maps = uncrop(maps, [Path(f) for f in files], settings["resize"], settings["imagesize"])
     result = {"score": scores, "map": maps,
-              "meta": {"method": method, "authors_commit": clone_commit(clone), "settings": settings,
+              "meta": {"method": method, "authors_commit": authors_commit(clone), "settings": settings,
                        "seed": seed, "device": device, "their_metrics": meta.get("their_metrics", {}),
                        "wall_s": times["wall_s"], "cpu_s": times["cpu_s"], "fit": record,
                        "map_size": list(maps.shape[1:])}}

@@ -120,7 +120,7 @@ class OfficialMethod(Method):
             if path.is_file():
                 self._sha.setdefault(key, file_sha256(path))
                 shas[key] = self._sha[key]
-        commit = self.tool().clone_commit(self.clone().resolve()) if self.clone().is_dir() else "unknown"
+        commit = self.tool().authors_commit(self.clone().resolve()) if self.clone().is_dir() else "unknown"
         return {"seed": self.cfg.seed, self.name: plain(self.section), "weights_sha256": shas,
                 "authors_commit": commit}
 
